@@ -1,0 +1,119 @@
+"""Masks: the same model with a 0/1 gate on every tensor of each masked group.
+
+Needs: the ChannelGraph of a traced model and a plan. Guarantees: every node
+output that carries a unit of a planned group is multiplied, along that dim, by
+its unit's gate (1 for kept units and for elements outside the group), and
+the produce slices of removed units are zeroed too, which also silences units
+computed inside leaf modules (attention heads). For groups without normalisation members,
+``mask(...)(x) == rewrite(...)(x)``. With ``learnable=True`` the gates are one
+``nn.Parameter`` per group (shared by all its tensors), for training-time methods.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .graph import ChannelGraph, Group
+from .plan import check_plan
+from .rewrite import _copy_graph_module, adopt_weights
+from .state import attach_state, state_of
+
+
+class GroupGate(nn.Module):
+    """The gate values of one group, one per unit."""
+
+    def __init__(self, values: torch.Tensor, learnable: bool):
+        super().__init__()
+        self.values = nn.Parameter(values.clone(), requires_grad=learnable)
+
+
+class Gate(nn.Module):
+    """Multiplies one dim of a tensor by its units' gates (elements of no unit get 1)."""
+
+    def __init__(self, group_gate: GroupGate, index: torch.Tensor, dim: int, ndim: int):
+        super().__init__()
+        self.group_gate = group_gate
+        self.register_buffer("index", index)
+        self.dim, self.ndim = dim, ndim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = self.group_gate.values
+        extended = torch.cat([values, values.new_ones(1)])
+        shape = [1] * self.ndim
+        shape[self.dim] = -1
+        return x * extended[self.index].view(shape)
+
+
+def _unit_index(graph: ChannelGraph, group: Group, key) -> np.ndarray:
+    """Per element of ``key``: its unit in ``group``, or ``group.units`` if it is fixed."""
+    lookup = {int(label): u for u, label in enumerate(group.unit_labels)}
+    elems = graph.labels[graph.table.ids(key)]
+    return np.array([lookup.get(int(e), group.units) for e in elems], dtype=np.int64)
+
+
+def _insert_gate(gm: fx.GraphModule, node: fx.Node, gate: Gate, name: str) -> None:
+    gm.add_submodule(name, gate)
+    with gm.graph.inserting_after(node):
+        gated = gm.graph.call_module(name, (node,))
+    node.replace_all_uses_with(gated, delete_user_cb=lambda user: user is not gated)
+    gated.meta = dict(node.meta)
+
+
+def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequence[int]], *,
+         learnable: bool = False) -> fx.GraphModule:
+    """A copy of the analysed model with gates implementing ``plan`` (see module doc)."""
+    adopt_weights(graph, model_or_gm)
+    plan = check_plan(graph, plan)
+    gm = _copy_graph_module(graph.gm)
+    if model_or_gm is not graph.gm:
+        gm.load_state_dict(model_or_gm.state_dict())
+    nodes = {n.name: n for n in gm.graph.nodes}
+    gates = nn.ModuleDict()
+    for gid, kept in plan.items():
+        group = graph.group(gid)
+        values = torch.zeros(group.units)
+        values[list(kept)] = 1.0
+        group_gate = GroupGate(values, learnable)
+        gates[_safe(gid)] = group_gate
+        node_spaces = [k for k in group.spaces if k[0] == "n" and k[2] == -1]
+        for key in node_spaces:
+            node = nodes[key[1]]
+            if node.op in ("placeholder", "output"):
+                continue
+            ndim = len(node.meta["tensor_meta"].shape)
+            index = torch.from_numpy(_unit_index(graph, group, key))
+            _insert_gate(gm, node, Gate(group_gate, index, key[3], ndim), f"fxprune_gate_{len(gates)}_{key[1]}_{key[3]}")
+        if not learnable:  # also silences units computed inside leaf ops (attention heads)
+            _zero_removed_produce(gm, group, kept)
+    gm.add_submodule("fxprune_gates", gates)
+    gm.graph.lint()
+    gm.recompile()
+    state = attach_state(gm, state_of(graph.gm).example_inputs)
+    state.plan = plan
+    return gm
+
+
+def _safe(gid: str) -> str:
+    return gid.replace(".", "_").replace("#", "_")
+
+
+def _zero_removed_produce(gm: fx.GraphModule, group: Group, kept: Sequence[int]) -> None:
+    removed = sorted(set(range(group.units)) - set(kept))
+    if not removed:
+        return
+    with torch.no_grad():
+        for s in group.slices(removed):
+            if s.role == "produce":
+                gm.get_parameter(s.name).index_fill_(s.dim, s.index, 0.0) if _is_param(gm, s.name) else \
+                    gm.get_buffer(s.name).index_fill_(s.dim, s.index, 0.0)
+
+
+def _is_param(gm: nn.Module, name: str) -> bool:
+    try:
+        gm.get_parameter(name)
+        return True
+    except AttributeError:
+        return False

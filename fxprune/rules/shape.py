@@ -1,0 +1,339 @@
+"""Shape ops: reshape/flatten/view, permute/transpose, cat/stack, split/chunk, getitem, expand.
+
+Reshapes are split into regions of input and output dims with equal products.
+Inside a region the dims must share a common mixed-radix refinement into
+*atoms* (else the region is a barrier). One atom, the largest (the more major on
+ties), carries the units; every dim containing it maps its elements to the
+atom's coordinate, so units stay rectangular through the reshape: channel ``c``
+of NCHW becomes the block ``c*H*W .. (c+1)*H*W-1`` after flatten, and unit ``j``
+of a channel shuffle is channel ``j`` of every group. Dims without the carrier
+(e.g. the group dim of a shuffle) become barriers.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .base import arg, rule, set_arg
+
+RESHAPE_METHODS = ["view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"]
+RESHAPE_FUNCTIONS = [torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze]
+
+
+def _regions(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of input and output dims (size-1 dims dropped) with equal products."""
+    a = [d for d, s in enumerate(ins) if s != 1]
+    b = [d for d, s in enumerate(outs) if s != 1]
+    regions, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        ri, rj = [a[i]], [b[j]]
+        pi, pj = ins[a[i]], outs[b[j]]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj and i < len(a):
+                ri.append(a[i]); pi *= ins[a[i]]; i += 1  # noqa: E702
+            elif pj < pi and j < len(b):
+                rj.append(b[j]); pj *= outs[b[j]]; j += 1  # noqa: E702
+            else:
+                return None
+        regions.append((ri, rj))
+    return regions if i == len(a) and j == len(b) else None
+
+
+def _strides(dims: list[int], shape: tuple) -> dict[int, int]:
+    out, stride = {}, 1
+    for d in reversed(dims):
+        out[d] = stride
+        stride *= shape[d]
+    return out
+
+
+def _map_region(ctx, x, ins, outs, ri, rj, tag) -> None:
+    if len(ri) == 1 and len(rj) == 1:
+        ctx.same(ctx.space(x, ri[0]), ctx.out(rj[0]))
+        return
+    s_in, s_out = _strides(ri, ins), _strides(rj, outs)
+    total = math.prod(ins[d] for d in ri)
+    bounds = sorted(set(s_in.values()) | set(s_out.values()) | {total})
+    spaces = [(ctx.space(x, d), s_in[d], ins[d]) for d in ri] + [(ctx.out(d), s_out[d], outs[d]) for d in rj]
+    if any(hi % lo for lo, hi in zip(bounds, bounds[1:])):
+        for space, _, _ in spaces:
+            ctx.barrier(space, "reshape regroups elements non-rectangularly")
+        return
+    atoms = [(hi // lo, lo) for lo, hi in zip(bounds, bounds[1:])]  # (size, stride)
+    size, lo = max(atoms, key=lambda a: (a[0], a[1]))
+    carrier = ctx.virtual(f"reshape{tag}", size)
+    for space, stride, n in spaces:
+        if stride <= lo and lo * size <= stride * n:
+            e = np.arange(n)
+            ctx.link(space, carrier, e, (e * stride // lo) % size)
+        else:
+            ctx.barrier(space, "reshape: only its largest factor is prunable")
+
+
+@rule(methods=RESHAPE_METHODS, functions=RESHAPE_FUNCTIONS, modules=[nn.Flatten, nn.Unflatten],
+      name="reshape", rewrite=lambda r: _rewrite_reshape(r))
+def reshape(ctx) -> None:
+    x = ctx.node.args[0]
+    ins, outs = ctx.shape(x), ctx.out_shape
+    if ins is None or outs is None:
+        return
+    regions = _regions(ins, outs)
+    if regions is None:
+        return
+    for tag, (ri, rj) in enumerate(regions):
+        _map_region(ctx, x, ins, outs, ri, rj, tag)
+    if ctx.node.target in ("view_as", "reshape_as"):
+        other = ctx.node.args[1]
+        for d in range(len(outs)):
+            ctx.same(ctx.out(d), ctx.space(other, d))
+
+
+def _new_sizes(r, sizes, first_dim: int = 0) -> list:
+    """Sizes list with changed dims replaced by their new literal (``-1`` kept)."""
+    old, new = r.old_shape(r.node), r.new_shape(r.node)
+    out = list(sizes)
+    for i, s in enumerate(out):
+        d = first_dim + i
+        if old[d] != new[d] and not (isinstance(s, int) and s == -1):
+            out[i] = new[d]
+    return out
+
+
+def _rewrite_reshape(r) -> None:
+    node = r.node
+    if node.op == "call_module":
+        if isinstance(r.module, nn.Unflatten):
+            dim = r.module.dim % len(r.new_shape(node))
+            r.module.unflattened_size = tuple(_new_sizes(r, r.module.unflattened_size, dim))
+        return
+    if node.target in ("view", "reshape", torch.reshape):
+        packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) or node.target is torch.reshape
+        if packed:
+            shape = arg(node, 1, "shape")
+            set_arg(node, 1, "shape", _new_sizes(r, shape))
+        else:
+            node.args = (node.args[0], *_new_sizes(r, node.args[1:]))
+    elif node.target in ("unflatten", torch.unflatten):
+        dim = arg(node, 1, "dim") % len(r.new_shape(node))
+        set_arg(node, 2, "sizes", _new_sizes(r, arg(node, 2, "sizes"), dim))
+
+
+def _permutation(ctx) -> list[int] | None:
+    node, n = ctx.node, len(ctx.out_shape)
+    if node.target in ("permute", torch.permute):
+        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        dims = arg(node, 1, "dims") if node.target is torch.permute else dims
+        return [d % n for d in dims] if all(isinstance(d, int) for d in dims) else None
+    if node.target in ("t", torch.t):
+        return list(range(n))[::-1]
+    if node.target in ("movedim", "moveaxis", torch.movedim, torch.moveaxis):
+        src, dst = arg(node, 1, "source"), arg(node, 2, "destination")
+        if not all(isinstance(v, (int, tuple, list)) for v in (src, dst)):
+            return None
+        return list(np.moveaxis(np.arange(n), src, dst))
+    d0, d1 = node.args[1], node.args[2]
+    if not (isinstance(d0, int) and isinstance(d1, int)):
+        return None
+    perm = list(range(n))
+    perm[d0 % n], perm[d1 % n] = perm[d1 % n], perm[d0 % n]
+    return perm
+
+
+PERMUTES = ["permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "moveaxis"]
+
+
+@rule(methods=PERMUTES, functions=[getattr(torch, p) for p in PERMUTES], name="permute")
+def permute(ctx) -> None:
+    perm = _permutation(ctx)
+    if perm is not None:
+        for d, src in enumerate(perm):
+            ctx.same(ctx.space(ctx.node.args[0], int(src)), ctx.out(d))
+
+
+def _cat_inputs(node: fx.Node) -> tuple[list, int]:
+    return list(arg(node, 0, "tensors")), arg(node, 1, "dim", 0)
+
+
+@rule(functions=[torch.cat, torch.concat, torch.concatenate], name="cat")
+def cat(ctx) -> None:
+    tensors, dim = _cat_inputs(ctx.node)
+    out = ctx.out_shape
+    dim %= len(out)
+    offset = 0
+    for t in tensors:
+        shape = ctx.shape(t)
+        if shape is None or len(shape) != len(out):
+            return
+        for d in range(len(out)):
+            if d != dim:
+                ctx.same(ctx.space(t, d), ctx.out(d))
+        n = shape[dim]
+        ctx.link(ctx.space(t, dim), ctx.out(dim), np.arange(n), offset + np.arange(n))
+        offset += n
+    ctx.cover(ctx.out(dim))
+
+
+@rule(functions=[torch.stack], name="stack")
+def stack(ctx) -> None:
+    tensors, dim = _cat_inputs(ctx.node)
+    dim %= len(ctx.out_shape)
+    for t in tensors:
+        for d in range(len(ctx.shape(t))):
+            ctx.same(ctx.space(t, d), ctx.out(d if d < dim else d + 1))
+    ctx.barrier(ctx.out(dim), "stack dim")
+
+
+SPLITS = ["split", "chunk", "tensor_split", "split_with_sizes"]
+
+
+@rule(methods=SPLITS, functions=[torch.split, torch.chunk, torch.tensor_split], name="split",
+      rewrite=lambda r: _rewrite_split(r))
+def split(ctx) -> None:
+    x = ctx.node.args[0]
+    shape = ctx.shape(x)
+    dim = arg(ctx.node, 2, "dim", 0) % len(shape)
+    offset = 0
+    for i, out in enumerate(ctx.node.meta["tensor_meta"]):
+        for d in range(len(shape)):
+            if d != dim:
+                ctx.same(ctx.space(x, d), ctx.out(d, i))
+        n = out.shape[dim]
+        ctx.link(ctx.space(x, dim), ctx.out(dim, i), offset + np.arange(n), np.arange(n))
+        offset += n
+    ctx.cover(ctx.space(x, dim))
+
+
+def _rewrite_split(r) -> None:
+    node = r.node
+    dim = arg(node, 2, "dim", 0)
+    d = dim % len(r.old_shape(node.args[0]))
+    sizes = [s[d] for s in r.new_shapes(node)]
+    if sizes == [s[d] for s in r.old_shapes(node)]:
+        return
+    node.op, node.target = "call_function", torch.split
+    node.args, node.kwargs = (node.args[0], sizes, dim), {}
+
+
+@rule(methods=["unbind"], functions=[torch.unbind], name="unbind")
+def unbind(ctx) -> None:
+    x = ctx.node.args[0]
+    shape = ctx.shape(x)
+    dim = arg(ctx.node, 1, "dim", 0) % len(shape)
+    for i in range(shape[dim]):
+        for d in range(len(shape)):
+            if d != dim:
+                ctx.same(ctx.space(x, d), ctx.out(d - (d > dim), i))
+    ctx.barrier(ctx.space(x, dim), "unbind: one output per element")
+
+
+def _index_items(index, ndim: int) -> list | None:
+    items = list(index) if isinstance(index, tuple) else [index]
+    n_ell = sum(1 for it in items if it is Ellipsis)
+    if n_ell > 1 or any(not (it is None or it is Ellipsis or isinstance(it, (int, slice))) for it in items):
+        return None
+    used = sum(1 for it in items if it is not None and it is not Ellipsis)
+    out = []
+    for it in items:
+        out.extend([slice(None)] * (ndim - used) if it is Ellipsis else [it])
+    return out + [slice(None)] * (ndim - sum(1 for it in out if it is not None))
+
+
+def _plain_slice(it) -> bool:
+    return isinstance(it, slice) and it.step in (None, 1) and all(
+        v is None or isinstance(v, int) for v in (it.start, it.stop))
+
+
+@rule(functions=[operator.getitem], name="getitem", rewrite=lambda r: _rewrite_getitem(r))
+def getitem(ctx) -> None:
+    src, index = ctx.node.args
+    if ctx.shape(src) is None:  # element of a tuple output
+        if isinstance(index, int) and ctx.out_shape is not None:
+            for d in range(len(ctx.out_shape)):
+                ctx.same(ctx.space(src, d, index), ctx.out(d))
+        return
+    shape = ctx.shape(src)
+    items = _index_items(index, len(shape))
+    if items is None:
+        return
+    p = q = 0
+    for it in items:
+        if it is None:
+            q += 1
+        elif isinstance(it, int):
+            ctx.fix(ctx.space(src, p), [it % shape[p]], "indexed by an integer")
+            p += 1
+        else:
+            if _plain_slice(it):
+                kept = np.arange(shape[p])[it]
+                ctx.link(ctx.space(src, p), ctx.out(q), kept, np.arange(kept.size))
+                ctx.cover(ctx.space(src, p))
+            p, q = p + 1, q + 1
+
+
+def _rewrite_getitem(r) -> None:
+    src, index = r.node.args
+    shape = r.old_shape(src)
+    if shape is None:
+        return
+    items = _index_items(index, len(shape))
+    p, new_items = 0, []
+    for it in items:
+        if it is not None and (isinstance(it, int) or _plain_slice(it)):
+            kept = r.kept_of(src, p)
+            if kept is not None:
+                it = _remap_index(it, kept, shape[p])
+            p += 1
+        elif it is not None:
+            p += 1
+        new_items.append(it)
+    r.node.args = (src, tuple(new_items))
+
+
+def _remap_index(it, kept: np.ndarray, n: int):
+    """Position of an int / plain slice among the kept elements of a dim of size ``n``."""
+    if isinstance(it, int):
+        return int(np.searchsorted(kept, it % n))
+    start, stop, _ = it.indices(n)
+    return slice(int(np.searchsorted(kept, start)), int(np.searchsorted(kept, stop)))
+
+
+@rule(methods=["expand", "expand_as", "broadcast_to"], functions=[torch.broadcast_to], name="expand",
+      rewrite=lambda r: _rewrite_expand(r))
+def expand(ctx) -> None:
+    x = ctx.node.args[0]
+    shape, out = ctx.shape(x), ctx.out_shape
+    offset = len(out) - len(shape)
+    for d, n in enumerate(shape):
+        if n == out[offset + d]:
+            ctx.same(ctx.space(x, d), ctx.out(offset + d))
+    for d in range(len(out)):
+        ctx.cover(ctx.out(d))
+    if ctx.node.target == "expand_as":
+        for d in range(len(out)):
+            ctx.same(ctx.out(d), ctx.space(ctx.node.args[1], d))
+
+
+def _rewrite_expand(r) -> None:
+    node = r.node
+    if node.target == "expand":
+        packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list))
+        sizes = node.args[1] if packed else node.args[1:]
+        new = _new_sizes(r, sizes)
+        node.args = (node.args[0], new) if packed else (node.args[0], *new)
+    elif node.target in ("broadcast_to", torch.broadcast_to):
+        set_arg(node, 1, "size", _new_sizes(r, arg(node, 1, "size")))
+
+
+@rule(methods=["repeat"], name="repeat")
+def repeat(ctx) -> None:
+    x = ctx.node.args[0]
+    shape, out = ctx.shape(x), ctx.out_shape
+    offset = len(out) - len(shape)
+    for d, n in enumerate(shape):
+        m = out[offset + d]
+        ctx.link(ctx.space(x, d), ctx.out(offset + d), np.arange(m) % n, np.arange(m))

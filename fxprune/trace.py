@@ -1,0 +1,115 @@
+"""Trace a model to a torch.fx GraphModule with an output shape on every node.
+
+Needs: an ``nn.Module`` and example inputs (a tensor or a tuple of tensors).
+Guarantees: the returned GraphModule is a copy (the user's module is never
+touched, not even BN running stats during shape propagation); every node that
+produces tensors has ``node.meta["tensor_meta"]`` (torch's ShapeProp format).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import traceback
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import InputError, TraceError
+from .state import attach_state
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class _Tracer(fx.Tracer):
+    """An fx tracer that also keeps user-named modules (types or qualified names) whole."""
+
+    def __init__(self, leaf_modules: Sequence[type | str]):
+        super().__init__()
+        self._leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+        self._leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Normalise example inputs to a tuple of tensors, or raise InputError."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+        isinstance(x, torch.Tensor) for x in example_inputs
+    ):
+        return tuple(example_inputs)
+    got = type(example_inputs).__name__
+    raise InputError(
+        f"example_inputs must be a tensor or a non-empty tuple of tensors, got {got}"
+    )
+
+
+def _user_frame(tb: traceback.StackSummary) -> str | None:
+    """The innermost frame outside torch itself: the user's source line."""
+    for frame in reversed(tb):
+        if not frame.filename.startswith(_TORCH_DIR) and "fxprune" not in frame.filename:
+            line = (frame.line or "").strip()
+            return f'{frame.filename}:{frame.lineno} in {frame.name}: "{line}"'
+    return None
+
+
+def _trace_error(model: nn.Module, exc: Exception) -> TraceError:
+    where = _user_frame(traceback.extract_tb(exc.__traceback__)) or "unknown location"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TraceError(
+        f"cannot trace {type(model).__name__} with torch.fx at {where}: {first}. "
+        "Hint: keep the offending submodule whole with leaf_modules=(TheModuleClass,) "
+        "or fix a data-dependent value with concrete_args={...}."
+    )
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[type | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Trace ``model`` (a private copy of it) and propagate shapes of ``example_inputs``."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    model = copy.deepcopy(model)
+    if isinstance(model, fx.GraphModule):
+        gm = model
+    else:
+        tracer = _Tracer(tuple(leaf_modules))
+        try:
+            graph = tracer.trace(model, concrete_args=concrete_args)
+        except Exception as exc:  # torch.fx raises many types; all mean "untraceable"
+            raise _trace_error(model, exc) from exc
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    propagate_shapes(gm, inputs)
+    attach_state(gm, inputs)
+    return gm
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """Run ShapeProp (no grad), returning the output; wrong inputs raise InputError."""
+    n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    if len(inputs) != n_placeholders:
+        raise InputError(
+            f"the model takes {n_placeholders} input(s) but {len(inputs)} example input(s) were given"
+        )
+    was_training = gm.training
+    gm.eval()  # shapes do not depend on the mode; eval keeps BN running stats untouched
+    try:
+        with torch.no_grad():
+            return ShapeProp(gm).propagate(*inputs)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise InputError(f"example inputs of shape {shapes} do not fit the model: {first}") from exc
+    finally:
+        gm.train(was_training)
