@@ -1,0 +1,25 @@
+"""fxprune: a structured-pruning compiler for PyTorch on torch.fx graphs.
+
+    result = fxprune.compile(model, example_inputs, method="l1", sparsity=0.5)
+    result.module   # physically smaller GraphModule, checked by onnxruntime
+"""
+from __future__ import annotations
+
+from .analysis import analyze
+from .api import Report, Result, compile
+from .errors import (FxpruneError, InputError, PassError, PlanError, RewriteError, TraceError,
+                     UnsupportedOpError, ValidationError)
+from .graph import ChannelGraph, Group, ParamSlice
+from .mask import mask
+from .pipeline import Pass, Pipeline
+from .rewrite import rewrite
+from .trace import trace
+from .validate import ValidationReport, validate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelGraph", "FxpruneError", "Group", "InputError", "ParamSlice", "Pass", "PassError", "Pipeline",
+    "PlanError", "Report", "Result", "RewriteError", "TraceError", "UnsupportedOpError", "ValidationError",
+    "ValidationReport", "analyze", "compile", "mask", "rewrite", "trace", "validate", "__version__",
+]

@@ -55,6 +55,8 @@ class Group:
         self.reason = None if self.prunable else (reason or "a single prunable unit")
         self.partial_reason = reason if self.prunable and fixed else None
         self.norm_members = [s for s in spaces if s in graph.norm_spaces]
+        self._sorted_order = np.argsort(unit_labels, kind="stable")
+        self._sorted_labels = unit_labels[self._sorted_order]
 
     @property
     def has_norm(self) -> bool:
@@ -68,6 +70,14 @@ class Group:
     def members(self) -> list[tuple[str, int, str]]:
         """(parameter name, dim, role) of every parameter member."""
         return [(s[1], s[2], self._graph.roles[s]) for s in self.param_spaces if s[0] == "p"]
+
+    def unit_index(self, key: SpaceKey) -> np.ndarray:
+        """Per element of space ``key``: its unit in this group, or -1 where it is fixed."""
+        elems = self._graph.labels[self._graph.table.ids(key)]
+        pos = np.searchsorted(self._sorted_labels, elems)
+        pos = np.minimum(pos, max(self.units - 1, 0))
+        hit = self.units > 0 and (self._sorted_labels[pos] == elems)
+        return np.where(hit, self._sorted_order[pos], -1) if self.units else np.full(elems.shape, -1)
 
     def _check_units(self, units: Sequence[int]) -> np.ndarray:
         idx = np.asarray(list(units), dtype=np.int64)

@@ -47,13 +47,6 @@ class Gate(nn.Module):
         return x * extended[self.index].view(shape)
 
 
-def _unit_index(graph: ChannelGraph, group: Group, key) -> np.ndarray:
-    """Per element of ``key``: its unit in ``group``, or ``group.units`` if it is fixed."""
-    lookup = {int(label): u for u, label in enumerate(group.unit_labels)}
-    elems = graph.labels[graph.table.ids(key)]
-    return np.array([lookup.get(int(e), group.units) for e in elems], dtype=np.int64)
-
-
 def _insert_gate(gm: fx.GraphModule, node: fx.Node, gate: Gate, name: str) -> None:
     gm.add_submodule(name, gate)
     with gm.graph.inserting_after(node):
@@ -77,14 +70,15 @@ def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequenc
         values = torch.zeros(group.units)
         values[list(kept)] = 1.0
         group_gate = GroupGate(values, learnable)
-        gates[_safe(gid)] = group_gate
+        gates[gate_key(gid)] = group_gate
         node_spaces = [k for k in group.spaces if k[0] == "n" and k[2] == -1]
         for key in node_spaces:
             node = nodes[key[1]]
             if node.op in ("placeholder", "output"):
                 continue
             ndim = len(node.meta["tensor_meta"].shape)
-            index = torch.from_numpy(_unit_index(graph, group, key))
+            unit = group.unit_index(key)
+            index = torch.from_numpy(np.where(unit < 0, group.units, unit))
             _insert_gate(gm, node, Gate(group_gate, index, key[3], ndim), f"fxprune_gate_{len(gates)}_{key[1]}_{key[3]}")
         if not learnable:  # also silences units computed inside leaf ops (attention heads)
             _zero_removed_produce(gm, group, kept)
@@ -96,7 +90,8 @@ def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequenc
     return gm
 
 
-def _safe(gid: str) -> str:
+def gate_key(gid: str) -> str:
+    """Name of a group's gate in ``gm.fxprune_gates``."""
     return gid.replace(".", "_").replace("#", "_")
 
 

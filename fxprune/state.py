@@ -15,6 +15,8 @@ class State:
     example_inputs: tuple[torch.Tensor, ...]
     channel_graph: Any = None  # ChannelGraph, once analysed
     plan: dict[str, list[int]] | None = None
+    validation: Any = None  # ValidationReport, once validated
+    timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 

@@ -1,0 +1,25 @@
+"""Validate: export to ONNX, run onnxruntime, compare with the GraphModule.
+
+Needs: a GraphModule with state (example inputs). Guarantees: ``state.validation``
+holds the report, or ``ValidationError`` is raised with the max abs/rel error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import fx
+
+from fxprune.pipeline import Pass, require_state
+from fxprune.validate import validate
+
+
+@dataclass(frozen=True)
+class Validate(Pass):
+    rtol: float = 1e-4
+    name: ClassVar[str] = "validate"
+
+    def run(self, gm: fx.GraphModule) -> fx.GraphModule:
+        state = require_state(gm, self.name)
+        state.validation = validate(gm, state.example_inputs, rtol=self.rtol)
+        return gm
