@@ -143,27 +143,39 @@ class ChannelGraph:
         has_param = np.zeros(n_labels, dtype=bool)
         for key in an.roles:
             has_param[labels[table.ids(key)]] = True
-        fixed |= ~has_param  # a unit no weight produces or reads gains nothing and may not be removable
         used: set[str] = set()
-        for spaces in graph._space_groups():
-            if not any(s in an.roles for s in spaces):
-                continue
-            graph.groups.append(graph._make_group(spaces, fixed, used))
+        for spaces, unit_labels in graph._signature_classes(has_param):
+            graph.groups.append(graph._make_group(spaces, unit_labels, fixed, used))
+        graph.groups.sort(key=lambda g: (table.order[g.spaces[0]], g.id))
         return graph
 
-    def _space_groups(self) -> list[list[SpaceKey]]:
-        uf = nx.utils.UnionFind(self.table.sizes.keys())
-        for a, b in self.table.space_edges:
-            uf.union(a, b)
+    def _signature_classes(self, has_param: np.ndarray) -> list[tuple[list[SpaceKey], np.ndarray]]:
+        """Units (labels with a parameter) grouped by the exact set of spaces they touch."""
+        keys = list(self.table.sizes)
+        sizes = np.fromiter((self.table.sizes[k] for k in keys), dtype=np.int64, count=len(keys))
+        space_of_element = np.repeat(np.arange(len(keys)), sizes)
+        keep = has_param[self.labels]
+        pairs = np.unique(self.labels[keep] * len(keys) + space_of_element[keep])
+        pair_label, pair_space = pairs // len(keys), pairs % len(keys)
+        starts = np.flatnonzero(np.r_[True, pair_label[1:] != pair_label[:-1]])
+        bounds = np.r_[starts, pairs.size]
+        classes: dict[bytes, list[int]] = {}
+        for i, start in enumerate(starts):
+            sig = pair_space[start:bounds[i + 1]]
+            classes.setdefault(sig.tobytes(), []).append(int(pair_label[start]))
         order = self.table.order
-        groups = [sorted(s, key=lambda k: (order[k], str(k))) for s in uf.to_sets()]
-        return sorted(groups, key=lambda g: (order[g[0]], str(g[0])))
+        out = []
+        for sig, label_list in classes.items():
+            spaces = sorted((keys[j] for j in np.frombuffer(sig, dtype=np.int64)), key=lambda k: (order[k], str(k)))
+            out.append((spaces, np.asarray(label_list, dtype=np.int64)))
+        return out
 
-    def _make_group(self, spaces: list[SpaceKey], fixed: np.ndarray, used: set[str]) -> Group:
-        table = self.table
-        elems = np.concatenate([self.labels[table.ids(s)] for s in spaces])
-        uniq, first = np.unique(elems, return_index=True)
-        ordered = uniq[np.argsort(first, kind="stable")]
+    def _make_group(self, spaces: list[SpaceKey], unit_labels: np.ndarray, fixed: np.ndarray,
+                    used: set[str]) -> Group:
+        first = self.labels[self.table.ids(spaces[0])]
+        in_group = np.isin(first, unit_labels)
+        _, pos = np.unique(first[in_group], return_index=True)
+        ordered = first[in_group][np.sort(pos)]  # units in the order of the group's first tensor
         prunable = ordered[~fixed[ordered]]
         n_fixed = int(ordered.size - prunable.size)
         reason = self._barrier_reason(spaces) if n_fixed else None

@@ -7,7 +7,9 @@ produces tensors has ``node.meta["tensor_meta"]`` (torch's ShapeProp format).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import traceback
 from typing import Any, Iterable, Sequence
@@ -105,7 +107,7 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> An
     was_training = gm.training
     gm.eval()  # shapes do not depend on the mode; eval keeps BN running stats untouched
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
             return ShapeProp(gm).propagate(*inputs)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,84 @@
+"""Shared fixtures and helpers for fxprune's tests."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Give BN layers non-trivial statistics and affine params so that shifts matter."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(before: dict[str, torch.Tensor], model: nn.Module) -> None:
+    after = model.state_dict()
+    assert set(before) == set(after)
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{k} changed"
+
+
+def exact_plan(graph: fxprune.ChannelGraph, fraction: float = 0.5, seed: int = 0) -> dict[str, list[int]]:
+    """Random keep-sets for every prunable group without normalisation members."""
+    gen = torch.Generator().manual_seed(seed)
+    plan = {}
+    for g in graph.prunable_groups:
+        if g.has_norm:
+            continue
+        k = max(1, int(g.units * fraction))
+        plan[g.id] = sorted(torch.randperm(g.units, generator=gen)[:k].tolist())
+    return plan
+
+
+def zero_produce(graph: fxprune.ChannelGraph, plan: dict[str, list[int]]) -> nn.Module:
+    """A copy of the analysed model with every produce slice of the removed units zeroed."""
+    gm = copy.deepcopy(graph.gm)
+    gm.meta.pop("fxprune", None)
+    tensors = dict(gm.named_parameters()) | dict(gm.named_buffers())
+    with torch.no_grad():
+        for gid, kept in plan.items():
+            group = graph.group(gid)
+            removed = sorted(set(range(group.units)) - set(kept))
+            for s in group.slices(removed):
+                if s.role == "produce":
+                    tensors[s.name].index_fill_(s.dim, s.index, 0.0)
+    return gm
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    return (a - b).abs().max().item(), max(1.0, b.abs().max().item())
+
+
+def check_equivalences(model: nn.Module, x: torch.Tensor, plan_fraction: float = 0.5) -> None:
+    """rewrite == mask and rewrite == zero-the-produce-slices on every exact group."""
+    graph = fxprune.analyze(model, x)
+    plan = exact_plan(graph, plan_fraction)
+    assert plan, "expected at least one prunable group without norm members"
+    with torch.no_grad():
+        pruned = fxprune.rewrite(graph.gm, graph, plan)(x)
+        masked = fxprune.mask(graph.gm, graph, plan)(x)
+        zeroed = zero_produce(graph, plan)(x)
+    diff, scale = max_diff(pruned, masked)
+    assert diff <= 1e-4 * scale, f"rewrite != mask: {diff}"
+    diff, scale = max_diff(pruned, zeroed)
+    assert diff <= 1e-4 * scale, f"rewrite != zero-produce: {diff}"
