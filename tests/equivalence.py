@@ -32,14 +32,13 @@ Plan = dict[str, list[int]]
 
 
 def keep_sets(units: int) -> st.SearchStrategy[frozenset[int]]:
-    """Kept units of one group: sometimes all, sometimes one, usually a random non-empty subset."""
-    every = frozenset(range(units))
-    return st.one_of(
-        st.just(every),
-        st.integers(0, units - 1).map(lambda u: frozenset([u])),
-        st.frozensets(st.integers(0, units - 1), min_size=1, max_size=units),
-        st.frozensets(st.integers(0, units - 1), min_size=1, max_size=units),
-    )
+    """Kept units of one group: a random non-empty subset (keep-all included).
+
+    Drawn as "how many to remove" plus a permutation, so every removal count is
+    as likely as keep-all, and failures shrink towards removing few, low units.
+    """
+    return st.tuples(st.integers(0, units - 1), st.permutations(range(units))).map(
+        lambda t: frozenset(t[1][t[0]:]))
 
 
 def repair_keep(group: Group, kept: Iterable[int]) -> list[int]:

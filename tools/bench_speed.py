@@ -39,6 +39,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -305,6 +306,19 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
+def source_state() -> dict[str, Any]:
+    """The fxprune commit benchmarked and the files modified on top of it (others edit concurrently)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fxprune", "passes"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": []}
+    return {"commit": head or None, "modified": sorted(ln[3:] for ln in dirty if ln.strip())}
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -330,6 +344,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- machine: {m['cpu_count']} CPUs (affinity {m['cpu_affinity']}, {m['cpu_model']}), "
         f"torch {m['torch']} ({m['torch_threads']} threads), torchvision {m['torchvision']}, "
         f"python {m['python']}, torch-pruning {m['torch_pruning'] or 'not installed'}",
+        f"- fxprune source: commit {result['source']['commit']}"
+        + (f", with uncommitted changes to {', '.join(result['source']['modified'])}" if result["source"]["modified"]
+           else ", clean"),
         f"- load average (1, 5, 15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}",
         f"- {result['repeats']} repeats after {result['warmup']} warm-up; times are wall-clock medians in seconds; "
         f"input 1x3x224x224, L1 at sparsity {SPARSITY}",
@@ -425,8 +442,8 @@ NOTES = [
     "'prune' (not build + prune, which would count the dependency graph twice).",
     "Scores differ by design: fxprune's L1 is the mean |w| of the weights that produce a unit (conv/linear rows), "
     "Torch-Pruning's MagnitudeImportance(p=1) averages |w| over the whole group (producers, BN affine, and the "
-    "input columns of the consumers) with mean normalisation; so the same layers and counts are pruned but the "
-    "chosen channels can differ (see the Jaccard overlap).",
+    "input columns of the consumers) with mean normalisation, so the chosen channels can differ even where the "
+    "pruned layers and counts agree (see the per-model comparison and its Jaccard overlap).",
     "Per-repeat samples, min/max and process CPU times are in the JSON; other jobs may share the CPU.",
 ]
 
@@ -451,6 +468,7 @@ def run(models: Sequence[str], repeats: int, warmup: int, torch_pruning: bool, c
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(threads),
+        "source": source_state(),
         "loadavg_start": _loadavg(),
         "repeats": repeats,
         "warmup": warmup,

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import copy
 import json
 import os
 import platform
@@ -528,8 +527,8 @@ def parent_main(args: argparse.Namespace, argv: list[str]) -> int:
     def finished(i: int, name: str, rec: dict) -> None:
         rec.setdefault("params", params[name])
         records[name] = rec
-        extra = rec.get("reason") or (f"{rec.get('error_type', '')}: {rec.get('error', '')}"
-                                      if rec.get("status") != "ok" else "")
+        extra = "" if rec.get("status") == "ok" else (
+            rec.get("reason") or ": ".join(str(rec[k]) for k in ("error_type", "error") if rec.get(k)))
         red = f" MACs -{rec['macs_reduction']:.1%}" if "macs_reduction" in rec else ""
         print(f"[{len(records)}/{len(order)}] {name}: {rec.get('status')}{red} "
               f"{rec.get('total_s', 0):.1f}s {extra}".rstrip(), flush=True)
