@@ -15,7 +15,7 @@ import torch
 from torch import fx
 
 from . import rules as _rules  # noqa: F401  (registers the rule table)
-from .errors import UnsupportedOpError
+from .errors import InputError, UnsupportedOpError
 from .graph import ChannelGraph
 from .rules.base import RULES
 from .rules.context import RuleContext, tensor_meta_shapes
@@ -162,8 +162,5 @@ def ensure_traced(model_or_gm: torch.nn.Module, example_inputs: Any) -> fx.Graph
     if isinstance(model_or_gm, fx.GraphModule) and state_of(model_or_gm) is not None and example_inputs is None:
         return model_or_gm
     if example_inputs is None:
-        from .errors import InputError
-
         raise InputError("example_inputs are required unless the model was traced by fxprune.trace")
-    gm = trace(model_or_gm, example_inputs)
-    return gm
+    return trace(model_or_gm, example_inputs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +113,9 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
     inputs = as_input_tuple(example_inputs)
     chosen = method_pass(method, {"sparsity": sparsity, **options})
     was_training = model.training
+    start = time.perf_counter()
     gm = trace(model, inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    state_of(gm).timings["trace"] = time.perf_counter() - start
     before = _cost(gm, inputs)
     passes = [Analyze(strict=strict), chosen, Rewrite()] + ([Validate(rtol=rtol)] if validate else [])
     out = Pipeline(passes, callback=callback)(gm).graph_module

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import numpy as np
-
 from .errors import PlanError
-from .graph import ChannelGraph
+from .graph import ChannelGraph, owner_name
 from .spaces import SpaceKey
-from .graph import owner_name
 
 Plan = dict[str, list[int]]
 
@@ -44,11 +41,9 @@ def check_plan(graph: ChannelGraph, plan: Mapping[str, Sequence[int]]) -> Plan:
 
 
 def _check_no_empty_space(graph: ChannelGraph, plan: Plan) -> None:
-    removed = graph.removed_labels(plan)
-    for gid in plan:
-        for key in graph.group(gid).spaces:
-            if not (~removed[graph.labels[graph.table.ids(key)]]).any():
-                raise PlanError(f"group {gid!r}: the plan removes every element of {owner_name(key)}")
+    for key in empty_spaces(graph, plan):
+        gid = next(g.id for g in graph.groups if g.id in plan and key in g.spaces)
+        raise PlanError(f"group {gid!r}: the plan removes every element of {owner_name(key)}")
 
 
 def empty_spaces(graph: ChannelGraph, plan: Plan) -> list[SpaceKey]:
@@ -58,21 +53,3 @@ def empty_spaces(graph: ChannelGraph, plan: Plan) -> list[SpaceKey]:
         key for gid in plan for key in graph.group(gid).spaces
         if not (~removed[graph.labels[graph.table.ids(key)]]).any()
     ]
-
-
-def unit_of_label(graph: ChannelGraph) -> dict[int, tuple[str, int]]:
-    """Element label -> (group id, unit index)."""
-    return {int(label): (g.id, u) for g in graph.groups for u, label in enumerate(g.unit_labels)}
-
-
-def full_plan(graph: ChannelGraph) -> Plan:
-    """The identity plan: every prunable group keeps every unit."""
-    return {g.id: list(range(g.units)) for g in graph.prunable_groups}
-
-
-def removed_counts(graph: ChannelGraph, plan: Plan) -> dict[str, int]:
-    return {gid: graph.group(gid).units - len(kept) for gid, kept in plan.items()}
-
-
-def as_index(units: Sequence[int]) -> np.ndarray:
-    return np.asarray(list(units), dtype=np.int64)

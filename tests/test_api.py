@@ -43,7 +43,7 @@ def test_compile_prunes_validates_and_reports(net):
     assert_same_state(before, net)
     r = result.report
     assert r.params_after < r.params_before and r.macs_after < r.macs_before
-    assert "onnx ok" in r.validation and set(r.seconds) == {"analyze", "l1", "rewrite", "validate"}
+    assert "onnx ok" in r.validation and set(r.seconds) == {"trace", "analyze", "l1", "rewrite", "validate"}
     assert [g.kept for g in r.groups] == [8]  # one residual group of 16 channels, half kept
     assert result.module.conv1.out_channels == 8 and result.module.fc.in_features == 8 * 16
     json.loads(result.plan_json())  # JSON-serialisable
