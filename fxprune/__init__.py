@@ -10,6 +10,7 @@ from .api import Report, Result, compile
 from .errors import (FxpruneError, InputError, PassError, PlanError, RewriteError, TraceError,
                      UnsupportedOpError, ValidationError)
 from .graph import ChannelGraph, Group, ParamSlice
+from .io import load, save
 from .mask import mask
 from .pipeline import Pass, Pipeline
 from .rewrite import rewrite
@@ -21,5 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelGraph", "FxpruneError", "Group", "InputError", "ParamSlice", "Pass", "PassError", "Pipeline",
     "PlanError", "Report", "Result", "RewriteError", "TraceError", "UnsupportedOpError", "ValidationError",
-    "ValidationReport", "analyze", "compile", "mask", "rewrite", "trace", "validate", "__version__",
+    "ValidationReport", "analyze", "compile", "load", "mask", "rewrite", "save", "trace", "validate",
+    "__version__",
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import fx, nn
 
 from .errors import InputError
+from .io import model_source
 from .pipeline import Pipeline
 from .report import count_macs, count_params, format_table, human
 from .state import state_of
@@ -78,6 +79,8 @@ class Result:
     plan: dict[str, list[int]]
     report: Report
     graph: Any  # the ChannelGraph of the original model
+    source: dict[str, Any] = field(default_factory=dict)  # how to rebuild the original (fxprune.save)
+    input_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     def plan_json(self) -> str:
         return json.dumps(self.plan, sort_keys=True)
@@ -129,7 +132,8 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
                     validation=str(state.validation) if state.validation is not None else None)
     if not state.channel_graph.prunable_groups:
         report.warnings.append("nothing is prunable in this model: returned unchanged; see fxprune.analyze")
-    return Result(out, state.plan, report, state.channel_graph)
+    return Result(out, state.plan, report, state.channel_graph, model_source(model),
+                  [tuple(x.shape) for x in inputs])
 
 
 def _cost(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:

@@ -54,4 +54,6 @@ def get(name: str, **kwargs: object) -> nn.Module:
     """
     if name not in REGISTRY:
         raise InputError(f"unknown model {name!r}; available: {', '.join(list())}")
-    return REGISTRY[name](**kwargs)
+    model = REGISTRY[name](**kwargs)
+    model._fxprune_name, model._fxprune_kwargs = name, dict(kwargs)  # lets fxprune.save record the source
+    return model
