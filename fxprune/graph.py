@@ -155,7 +155,8 @@ class ChannelGraph:
         sizes = np.fromiter((self.table.sizes[k] for k in keys), dtype=np.int64, count=len(keys))
         space_of_element = np.repeat(np.arange(len(keys)), sizes)
         keep = has_param[self.labels]
-        pairs = np.unique(self.labels[keep] * len(keys) + space_of_element[keep])
+        pairs = np.sort(self.labels[keep] * len(keys) + space_of_element[keep])
+        pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if pairs.size else pairs
         pair_label, pair_space = pairs // len(keys), pairs % len(keys)
         starts = np.flatnonzero(np.r_[True, pair_label[1:] != pair_label[:-1]])
         bounds = np.r_[starts, pairs.size]

@@ -24,6 +24,7 @@ from .errors import InputError, TraceError
 from .state import attach_state
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+FAKE_ABOVE_PARAMS = 30_000_000  # resnet50 (25M): real forward 0.10 s vs fake 0.25 s on one core
 
 
 class _Tracer(fx.Tracer):
@@ -102,8 +103,9 @@ def trace(
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
     """Store every node's output shape in ``node.meta["tensor_meta"]``; wrong inputs raise InputError.
 
-    Uses fake tensors (no arithmetic, ~10x faster than a real forward) and falls back
-    to torch's ShapeProp for ops that have no fake implementation.
+    Small models run one real forward (ShapeProp); models above ``FAKE_ABOVE_PARAMS``
+    parameters use fake tensors (no arithmetic, but ~1.4 ms of overhead per op, so only
+    cheaper for heavy models). Either falls back to the other.
     """
     n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     if len(inputs) != n_placeholders:
@@ -112,18 +114,24 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
         )
     was_training = gm.training
     gm.eval()  # shapes do not depend on the mode; eval keeps BN running stats untouched
+    big = sum(p.numel() for p in gm.parameters()) > FAKE_ABOVE_PARAMS
+    first, second = (_fake_propagate, _real_propagate) if big else (_real_propagate, _fake_propagate)
     try:
-        _fake_propagate(gm, inputs)
-    except Exception:
+        first(gm, inputs)
+    except Exception as exc:
         try:
-            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
-                ShapeProp(gm).propagate(*inputs)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            second(gm, inputs)
+        except Exception:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-            raise InputError(f"example inputs of shape {shapes} do not fit the model: {first}") from exc
+            raise InputError(f"example inputs of shape {shapes} do not fit the model: {first_line}") from exc
     finally:
         gm.train(was_training)
+
+
+def _real_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
+        ShapeProp(gm).propagate(*inputs)
 
 
 def _fake_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
