@@ -131,6 +131,8 @@ class Analyzer:
         for key in self.attr_spaces & linked:
             if key not in self.barriers:
                 self.roles.setdefault(key, "produce")
+        for key in set(self.roles) - linked:  # e.g. the rows of a one-head attention
+            self.add_barrier(key, f"{key[1]} dim {key[2]} is not related to any tensor")
         return ChannelGraph.build(self)
 
 

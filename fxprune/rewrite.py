@@ -11,6 +11,7 @@ analysis predicted raises ``RewriteError``. The user's model is never touched.
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -59,6 +60,10 @@ class RewriteContext:
     def kept_of(self, x: fx.Node, dim: int) -> np.ndarray | None:
         return self.rw.kept.get(self.rw.key_of(x, dim))
 
+    def reads_pruned_size(self, value: fx.Node) -> bool:
+        """Whether the integer ``value`` is computed from the size of a pruned dim."""
+        return self.rw.reads_pruned_size(value)
+
 
 class Rewriter:
     def __init__(self, graph: ChannelGraph, plan: Mapping[str, Sequence[int]]):
@@ -105,6 +110,20 @@ class Rewriter:
         self.gm.recompile()
         return self.gm
 
+    def reads_pruned_size(self, value: fx.Node, seen: set | None = None) -> bool:
+        seen = set() if seen is None else seen
+        if value in seen:
+            return False
+        seen.add(value)
+        dims = _size_read(value)
+        if dims is not None:
+            tensor, dim = dims
+            old, new = self.old_shapes.get(tensor.name), self.new_shapes.get(tensor.name)
+            if not isinstance(old, tuple):
+                return False
+            return old != new if dim is None else old[dim] != new[dim]
+        return any(self.reads_pruned_size(n, seen) for n in value.all_input_nodes)
+
     def _changed(self, node: fx.Node) -> bool:
         names = [node.name] + [n.name for n in node.all_input_nodes]
         return any(self.old_shapes.get(n) != self.new_shapes.get(n) for n in names)
@@ -125,6 +144,22 @@ class Rewriter:
             _set_tensor(owner, attr, tensor, new.clone())
             owners.add(owner_name)
         return owners
+
+
+def _size_read(node: fx.Node) -> tuple[fx.Node, int | None] | None:
+    """(tensor, dim) when ``node`` reads a tensor's size (dim None: the whole shape)."""
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return node.args[0], dim
+    if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
+        return node.args[0], None
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
+        src = node.args[0]
+        if isinstance(src, fx.Node):
+            inner = _size_read(src)
+            if inner is not None and inner[1] is None:
+                return inner[0], node.args[1]
+    return None
 
 
 def _set_tensor(owner: nn.Module, attr: str, old: torch.Tensor, new: torch.Tensor) -> None:

@@ -89,7 +89,10 @@ def sdpa(ctx) -> None:
 
 
 def _link_heads(ctx, heads, space, n_rows: int, inner: int, head_dim: int) -> None:
-    if space is not None:
+    """Tie each row of a projection to its head (a single head: the rows stay whole)."""
+    if heads is None:
+        ctx.barrier(space, "a single attention head cannot shrink")
+    elif space is not None:
         ctx.link(space, heads, np.arange(n_rows), (np.arange(n_rows) % inner) // head_dim)
 
 
@@ -117,7 +120,10 @@ def multihead_attention(ctx) -> None:
             ctx.same(ctx.space(t, -1), ctx.param(name, 1, "consume"))
             _link_heads(ctx, heads, ctx.param(name, 0, "produce"), inner, inner, hd)
     if m.in_proj_bias is not None:
-        _link_heads(ctx, heads, ctx.param("in_proj_bias", 0, "produce"), 3 * inner, inner, hd)
+        bias = ctx.param("in_proj_bias", 0, "produce")
+        _link_heads(ctx, heads, bias, 3 * inner, inner, hd)
+        if m._qkv_same_embed_dim:
+            ctx.same(bias, ctx.param("in_proj_weight", 0, "produce"))  # row r of W and b: one unit
     _link_heads(ctx, heads, ctx.param("out_proj.weight", 1, "consume"), inner, inner, hd)
     ctx.same(ctx.out(-1, 0), ctx.param("out_proj.weight", 0, "produce"))
     if m.out_proj.bias is not None:
@@ -177,10 +183,11 @@ def window_attention(ctx) -> None:
     ctx.same(ctx.space(x, -1), ctx.space(a["qkv_weight"], 1))
     ctx.role(ctx.space(a["qkv_weight"], 1), "consume")
     heads = ctx.virtual("heads", nh)
-    for name, n, role in (("qkv_weight", rows, "produce"), ("qkv_bias", rows, "produce")):
+    for name in ("qkv_weight", "qkv_bias"):
         space = ctx.space(a[name], 0)
-        ctx.role(space, role)
-        _link_heads(ctx, heads, space, n, inner, hd)
+        ctx.role(space, "produce")
+        _link_heads(ctx, heads, space, rows, inner, hd)
+    ctx.same(ctx.space(a["qkv_weight"], 0), ctx.space(a["qkv_bias"], 0))  # row r of W and b: one unit
     proj_in = ctx.space(a["proj_weight"], 1)
     ctx.role(proj_in, "consume")
     _link_heads(ctx, heads, proj_in, inner, inner, hd)

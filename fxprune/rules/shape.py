@@ -94,12 +94,15 @@ def reshape(ctx) -> None:
 
 
 def _new_sizes(r, sizes, first_dim: int = 0) -> list:
-    """Sizes list with changed dims replaced by their new literal (``-1`` kept)."""
+    """Sizes with the new literal wherever the dim changed or the size was computed from
+    a pruned size (e.g. ``c // groups``); ``-1`` and other dynamic sizes (batch) are kept."""
     old, new = r.old_shape(r.node), r.new_shape(r.node)
     out = list(sizes)
     for i, s in enumerate(out):
         d = first_dim + i
-        if old[d] != new[d] and not (isinstance(s, int) and s == -1):
+        if isinstance(s, int) and s == -1:
+            continue
+        if old[d] != new[d] or (isinstance(s, fx.Node) and r.reads_pruned_size(s)):
             out[i] = new[d]
     return out
 
@@ -174,6 +177,8 @@ def cat(ctx) -> None:
                 ctx.same(ctx.space(t, d), ctx.out(d))
         n = shape[dim]
         ctx.link(ctx.space(t, dim), ctx.out(dim), np.arange(n), offset + np.arange(n))
+        if n == 1:  # a size-1 input has no space: its element must stay
+            ctx.fix(ctx.out(dim), [offset], "comes from a one-element input of cat")
         offset += n
     ctx.cover(ctx.out(dim))
 
@@ -204,6 +209,8 @@ def split(ctx) -> None:
                 ctx.same(ctx.space(x, d), ctx.out(d, i))
         n = out.shape[dim]
         ctx.link(ctx.space(x, dim), ctx.out(dim, i), offset + np.arange(n), np.arange(n))
+        if n == 1:  # a one-element chunk has no space: its element must stay
+            ctx.fix(ctx.space(x, dim), [offset], "is a one-element chunk of split")
         offset += n
     ctx.cover(ctx.space(x, dim))
 
@@ -271,6 +278,8 @@ def getitem(ctx) -> None:
             if _plain_slice(it):
                 kept = np.arange(shape[p])[it]
                 ctx.link(ctx.space(src, p), ctx.out(q), kept, np.arange(kept.size))
+                if kept.size == 1:  # a one-element slice has no space: its element must stay
+                    ctx.fix(ctx.space(src, p), kept, "is a one-element slice")
                 ctx.cover(ctx.space(src, p))
             p, q = p + 1, q + 1
 
