@@ -110,7 +110,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {_one_line(message)}; see '{self.prog} --help'\n")
 
 
-def _float_in(lo: float, hi: float, what: str) -> Callable[[str], float]:
+def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -122,7 +122,7 @@ def _float_in(lo: float, hi: float, what: str) -> Callable[[str], float]:
     return parse
 
 
-def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
+def _int_at_least(lo: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -177,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model to build: a fxprune.models name (lenet5, resnet20, ...) or a torchvision.models name "
         "(built with weights=None); required for a plain state_dict, else it overrides the name recorded "
         "in the file")).default_text = "the name recorded in the file"
-    g.add_argument("--num-classes", metavar="N", type=_int_at_least(1, "--num-classes"),
+    g.add_argument("--num-classes", metavar="N", type=_int_at_least(1),
                    help="num_classes passed to the model's constructor").default_text = "the model's own"
-    g.add_argument("--in-channels", metavar="N", type=_int_at_least(1, "--in-channels"),
+    g.add_argument("--in-channels", metavar="N", type=_int_at_least(1),
                    help="in_channels passed to a fxprune.models constructor").default_text = "the model's own"
 
     shape_opt = argparse.ArgumentParser(add_help=False)
@@ -231,11 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
     p.add_argument("--method", default="l1", choices=_methods(),
                    help="pruning method (taylor needs --data)")
-    p.add_argument("--sparsity", type=_float_in(0.0, 1.0, "--sparsity"), default=0.5,
+    p.add_argument("--sparsity", type=_float_in(0.0, 1.0), default=0.5,
                    help="fraction of the units of each group (local) or of all groups (global) to remove, in [0, 1)")
     p.add_argument("--scope", choices=("local", "global"), default="local",
                    help="local: the same fraction in every group; global: units compete across groups")
-    p.add_argument("--round-to", type=_int_at_least(1, "--round-to"), default=1, metavar="N",
+    p.add_argument("--round-to", type=_int_at_least(1), default=1, metavar="N",
                    help="make every kept channel count a multiple of N")
     p.add_argument("--ignore", type=_names, default=(), metavar="NAME,...",
                    help="comma-separated module names whose channels stay whole (e.g. fc)")
@@ -243,17 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration data for methods that need it (taylor): 'fashion-mnist' (fxprune.data.calibration; "
         "needs the Fashion-MNIST files), 'bundled' (the 500 images shipped with fxprune) or a folder of "
         ".pt files each holding an (inputs, targets) batch (default: none)"))
-    p.add_argument("--calibration-size", type=_int_at_least(1, "--calibration-size"), default=512, metavar="N",
+    p.add_argument("--calibration-size", type=_int_at_least(1), default=512, metavar="N",
                    help="number of calibration samples taken from --data")
     p.add_argument("--out", metavar="FILE.fxp", required=True,
                    help="where to write the pruned model (fxprune.save format); its directory must exist")
     p.add_argument("--onnx", metavar="FILE.onnx",
                    help="also write the pruned model as ONNX here; its directory must exist (default: none)")
-    p.add_argument("--latency-runs", type=_int_at_least(0, "--latency-runs"), default=20, metavar="N",
+    p.add_argument("--latency-runs", type=_int_at_least(0), default=20, metavar="N",
                    help="onnxruntime runs whose median latency is reported before and after (0 skips it)")
     p.add_argument("--dump-passes", metavar="DIR", help=(
         "write DIR/NN_<pass>.py with the graph code after every pass; DIR is created (with its "
-        "parents) if it does not exist (default: none)"))
+        "parents) if it does not exist, and the dumps of the passes that ran stay there when a "
+        "later step fails (default: none)"))
     p.add_argument("--rtol", type=_positive_float, default=1e-4,
                    help="onnxruntime validation tolerance, relative to the largest output magnitude")
     p.add_argument("--strict", action="store_true",
@@ -923,7 +924,8 @@ def cmd_prune(args: argparse.Namespace, stage: list[str]) -> int:
     rows = [
         ("params", human(rep.params_before), human(rep.params_after), pct(rep.params_after, rep.params_before)),
         ("MACs", human(rep.macs_before), human(rep.macs_after), pct(rep.macs_after, rep.macs_before)),
-        (f"onnxruntime latency (median of {args.latency_runs})", *latency),
+        (f"onnxruntime latency (median of {args.latency_runs})" if args.latency_runs
+         else "onnxruntime latency (--latency-runs 0)", *latency),
         ("max |onnxruntime - torch|", err(before_report), err(after_report), ""),
     ]
     print(format_table(rows, header=("", "before", "after", "after/before")))
@@ -940,31 +942,40 @@ def cmd_prune(args: argparse.Namespace, stage: list[str]) -> int:
 
 
 def _check_reload(tmp: Path, final: Path, pruned: Any, inputs: tuple, loaded: Loaded, named: bool) -> None:
-    """The written file must reload (``fxprune.load``) into the model just pruned."""
+    """The written file must reload (``fxprune.load``) into the model just pruned.
+
+    A file that names a zoo/torchvision model must reload by itself; one that records a class
+    (a pickled module) may need ``model=`` (a warning says so) but must then reload exactly.
+    """
     import torch
 
     import fxprune
     from fxprune.errors import FxpruneError
 
-    try:
-        gm = fxprune.load(tmp)
-    except FxpruneError as exc:
-        if named or loaded.original is None:
-            raise InternalError(f"{final} does not reload with fxprune.load ({_one_line(exc)}); please report "
-                                f"this fxprune bug") from None
-        _warn(f"fxprune.load cannot rebuild the original model of {final} by itself ({_one_line(exc)}); "
-              f"load it with fxprune.load(path, model=<the unpruned model>), or pass --model NAME to record a "
-              f"fxprune.models/torchvision.models name")
-        try:
-            gm = fxprune.load(tmp, model=copy.deepcopy(loaded.original()))
-        except FxpruneError as exc2:
-            raise InternalError(f"{final} does not reload with fxprune.load ({_one_line(exc2)}); please report "
-                                f"this fxprune bug") from None
     with torch.no_grad():
-        err, scale = max_abs_error(_flatten(pruned.eval()(*inputs)), _flatten(gm(*inputs)))
-    if err > 1e-5 * max(1.0, scale):
-        raise InternalError(f"{final} reloads with fxprune.load into a model that differs from the pruned one "
-                            f"(max abs error {err:.3g}); please report this fxprune bug")
+        want = _flatten(pruned.eval()(*inputs))
+
+    def reload_error(model: Any = None) -> str | None:
+        try:
+            gm = fxprune.load(tmp, model=model)
+            with torch.no_grad():
+                err, scale = max_abs_error(want, _flatten(gm(*inputs)))
+        except (FxpruneError, CLIError) as exc:
+            return _one_line(exc).replace(str(tmp), str(final))
+        return None if err <= 1e-5 * max(1.0, scale) else f"it reloads with outputs off by {err:.3g}"
+
+    problem = reload_error()
+    if problem is None:
+        return
+    if named or loaded.original is None:
+        raise InternalError(f"{final} does not reload with fxprune.load ({problem}); please report this fxprune bug")
+    second = reload_error(copy.deepcopy(loaded.original()))
+    if second is not None:
+        raise InternalError(f"{final} does not reload with fxprune.load(path, model=<the unpruned model>) "
+                            f"({second}); please report this fxprune bug")
+    _warn(f"fxprune.load cannot rebuild the original model of {final} by itself ({problem}); load it with "
+          f"fxprune.load(path, model=<the unpruned model>), or pass --model NAME to record a "
+          f"fxprune.models/torchvision.models name")
 
 
 def cmd_validate(args: argparse.Namespace, stage: list[str]) -> int:
@@ -1085,7 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except InternalError as exc:
         if args.debug:
-            raise
+            raise (exc.__cause__ or exc)
         _fail(f"{_one_line(exc)}; rerun with --debug for the traceback")
         return 1
     except OSError as exc:

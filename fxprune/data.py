@@ -35,7 +35,6 @@ import functools
 import gzip
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
-import torch
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassResult
 
@@ -92,6 +91,9 @@ class Pipeline:
             if state is not None:
                 state.timings[name] = state.timings.get(name, 0.0) + seconds
             if self.callback is not None:
-                self.callback(name, result, seconds)
+                try:
+                    self.callback(name, result, seconds)
+                except Exception as exc:
+                    raise PassError(f"the pipeline callback failed after pass {name!r}: {type(exc).__name__}: {exc}") from exc
             done.append(name)
         return PassResult(gm, modified)

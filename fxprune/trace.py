@@ -122,7 +122,8 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
         try:
             second(gm, inputs)
         except Exception:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            cause = exc.__cause__ or exc  # ShapeProp wraps the real error with the node's metadata
+            first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
             shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
             raise InputError(f"example inputs of shape {shapes} do not fit the model: {first_line}") from exc
     finally:

@@ -12,17 +12,18 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import InputError, ValidationError
+from .io import atomic_write
 from .report import _as_tuple, eval_mode
 
 __all__ = ["ValidationReport", "ort_latency", "save_onnx", "validate"]
@@ -336,24 +337,8 @@ def save_onnx(
     moves it into place, so ``path`` is either the old file or the complete new one.
     """
     exported = _export(gm, _as_tuple(example_inputs))
-    _atomic_write(os.fspath(path), exported.onnx_bytes)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(exported.onnx_bytes))
     return exported.exporter
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a same-directory temp file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def ort_latency(

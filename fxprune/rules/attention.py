@@ -136,7 +136,7 @@ def multihead_attention(ctx) -> None:
 
 @rule(functions=[tv_swin._get_relative_position_bias], name="relative_position_bias")
 def relative_position_bias(ctx) -> None:
-    table, index = ctx.node.args[0], ctx.node.args[1]
+    table = ctx.node.args[0]
     ctx.same(ctx.space(table, -1), ctx.out(1))
     ctx.barrier(ctx.space(table, 0), "relative positions are indexed by a buffer")
 
