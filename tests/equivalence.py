@@ -17,7 +17,6 @@ import torch
 from hypothesis import strategies as st
 from torch import fx, nn
 
-import fxprune
 from fxprune.graph import ChannelGraph, Group
 
 RTOL = 1e-5
@@ -213,16 +212,6 @@ def module_problems(gm: nn.Module) -> list[str]:
     return problems
 
 
-def fixed_node_shapes(gm: fx.GraphModule) -> dict[str, tuple[int, ...]]:
-    """Output shape of every tensor-valued node (from ``tensor_meta``)."""
-    out = {}
-    for n in gm.graph.nodes:
-        tm = n.meta.get("tensor_meta")
-        if tm is not None and hasattr(tm, "shape"):
-            out[n.name] = tuple(tm.shape)
-    return out
-
-
 def unit_counts(group: Group, key) -> np.ndarray:
     """Elements per unit of ``group`` in space ``key`` (only units that occur there)."""
     unit = group.unit_index(key)
@@ -246,5 +235,5 @@ def describe_group(graph: ChannelGraph, gid: str) -> str:
 __all__ = [
     "RTOL", "assert_state_equal", "compare", "describe_group", "draw_plan", "expected_shapes", "keep_sets",
     "module_problems", "param_count", "removed_units", "removes_something", "repair_keep", "run", "snapshot",
-    "unit_counts", "zero_produce", "fxprune",
+    "unit_counts", "zero_produce",
 ]

@@ -27,10 +27,8 @@ from torch import nn
 
 import fxprune
 from equivalence import (assert_state_equal, compare, describe_group, draw_plan, expected_shapes, module_problems,
-                         repair_keep,
-                         param_count, removes_something, run, snapshot, unit_counts, zero_produce)
-from strategies import (Arch, ChannelShuffle, ManualAttention, ShuffleBlock, SplitBlock, architectures,
-                        block_kinds)
+                         param_count, removes_something, repair_keep, run, snapshot, unit_counts, zero_produce)
+from strategies import Arch, ManualAttention, ShuffleBlock, architectures, block_kinds
 
 _SCALE = float(os.environ.get("FXPRUNE_PROPERTY_SCALE", "1"))
 
@@ -56,31 +54,10 @@ def _single_thread() -> Iterator[None]:
 # ---------------------------------------------------------------------------
 
 
-def known_bugs(model: nn.Module) -> list[str]:
-    """Patterns of reported, still open fxprune bugs present in ``model``.
-
-    The general properties skip these architectures; each pattern has its own
-    strict-xfail test below, which starts to XPASS (and fail) once the bug is
-    fixed, and then this filter must go.
-    """
-    found = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.MultiheadAttention) and m.num_heads == 1:
-            found.append(f"{name}: one-head MultiheadAttention")
-        if isinstance(m, ChannelShuffle) and not m.literal and m.groups > m.channels // m.groups:
-            found.append(f"{name}: x.size() channel shuffle with more groups than channels per group")
-        if isinstance(m, SplitBlock) and min(m.k, m.rest) == 1:
-            found.append(f"{name}: split with a one-channel part")
-    return found
-
-
 def analyze(arch: Arch) -> fxprune.ChannelGraph:
-    assume(not known_bugs(arch.model))
     graph = fxprune.analyze(arch.model, arch.example_input)
     note(str(graph))
     return graph
-
-
 
 
 def exact_groups(graph: fxprune.ChannelGraph) -> list[fxprune.Group]:
@@ -126,7 +103,8 @@ def test_rewrite_equals_mask_one_group(arch: Arch, data: st.DataObject) -> None:
         return
     group = data.draw(st.sampled_from(groups), label="group")
     plan = draw_plan(data, [group])
-    event(f"removes {group.units - len(plan[group.id])}/{group.units}")
+    removed = group.units - len(plan[group.id])
+    event("removes " + ("none" if not removed else "all but one" if removed == group.units - 1 else "some"))
     check_rewrite_equals_mask(arch, graph, plan)
 
 
@@ -318,11 +296,23 @@ def _check_kind_structure(kind: str, arch: Arch, graph: fxprune.ChannelGraph) ->
             assert len(heads) == 1, f"{name} rows are in {len(heads)} groups:\n{graph}"
             assert heads[0].prunable and heads[0].units == attn.num_heads, f"heads of blocks.{i}.attn:\n{graph}"
     if kind == "channel_shuffle":
-        for g in graph.prunable_groups:  # units stay rectangular through the shuffle's views
-            for key in g.spaces:
-                counts = unit_counts(g, key)
-                assert counts.size == 0 or (counts == counts[0]).all(), \
-                    f"{g.id}: units of {key} have {sorted(set(counts.tolist()))} elements:\n{graph}"
+        # units are rectangular through each shuffle: on the (groups, channels per group) grid of the channels the
+        # shuffle's first view splits, every unit is a product set (so the view and the transpose stay valid)
+        views = [n for n in graph.gm.graph.nodes if n.op == "call_method" and n.target in ("view", "reshape")
+                 and any(k.rsplit(".", 1)[-1] == "shuffle" for k in n.meta.get("nn_module_stack", {}))
+                 and len(n.meta["tensor_meta"].shape) == 5]
+        assert len(views) == sum(isinstance(b, ShuffleBlock) for b in blocks), "expected one 5-d view per shuffle"
+        for view in views:
+            grid = tuple(view.meta["tensor_meta"].shape[1:3])
+            key = ("n", view.args[0].name, -1, 1)
+            for g in graph.prunable_groups:
+                if key not in g.spaces:
+                    continue
+                unit = g.unit_index(key).reshape(grid)
+                for u in set(unit[unit >= 0].tolist()):
+                    cells = unit == u
+                    rect = np.outer(cells.any(1), cells.any(0))
+                    assert np.array_equal(cells, rect), f"{g.id}: unit {u} is not rectangular on {view.name}:\n{unit}"
         shuffles = [(i, b) for i, b in enumerate(blocks) if isinstance(b, ShuffleBlock)]
         for (i, block), (_, after) in zip(shuffles, shuffles[1:] + [(None, None)]):
             shuffle = block.shuffle
@@ -331,13 +321,15 @@ def _check_kind_structure(kind: str, arch: Arch, graph: fxprune.ChannelGraph) ->
             if after is not None and after.adapter is None:
                 continue  # two shuffles in a row permute differently: their units merge
             per_group = shuffle.channels // shuffle.groups
-            if per_group <= shuffle.groups:
-                continue  # the group dim is a largest factor: fixed on ties, or the units are whole groups
+            if per_group == shuffle.groups:
+                continue  # both factors are largest: the view is a barrier
+            # the larger factor carries the units: channel j of every group, or whole groups
+            units, size = (per_group, shuffle.groups) if per_group > shuffle.groups else (shuffle.groups, per_group)
             name = f"blocks.{i}.adapter.conv.weight"
             owner = [g for g in graph.groups if (name, 0, "produce") in g.members()]
             assert len(owner) == 1 and owner[0].prunable, f"{name} rows should be prunable:\n{graph}"
-            assert owner[0].units == per_group, f"shuffle of {shuffle.channels}/{shuffle.groups}:\n{graph}"
-            assert (unit_counts(owner[0], ("p", name, 0)) == shuffle.groups).all()
+            assert owner[0].units == units, f"shuffle of {shuffle.channels}/{shuffle.groups}:\n{graph}"
+            assert (unit_counts(owner[0], ("p", name, 0)) == size).all(), f"{name}: units of {size} rows:\n{graph}"
 
 
 @pytest.mark.parametrize("kind", block_kinds())
@@ -361,7 +353,9 @@ def test_each_block_kind(kind: str, data: st.DataObject) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 6. reported bugs: minimal models (strict xfail) next to passing controls
+# 6. regression tests: minimal models of the bugs these properties found (one-head
+#    MultiheadAttention, x.size() shuffle with whole-group units, a one-channel slice
+#    of multi-channel units), next to controls of the same pattern
 # ---------------------------------------------------------------------------
 
 
