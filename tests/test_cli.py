@@ -1,4 +1,4 @@
-"""fxprune-trace (fxprune/cli.py, tools/trace): the issue's scenario on a small scale, bad inputs, help.
+"""fxprune-trace (fxprune/cli/, tools/trace): the issue's scenario on a small scale, bad inputs, help.
 
 Most runs call ``fxprune.cli.main(argv)`` in-process; ``tools/trace`` runs once as a
 subprocess, and a second subprocess reloads the ``.fxp`` with only torchvision as model code.

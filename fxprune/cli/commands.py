@@ -1,0 +1,134 @@
+"""The ``fxprune-trace`` sub-commands ``groups`` and ``validate`` (``prune`` lives in ``prune.py``).
+
+Each ``cmd_*`` takes the parsed arguments and a one-element ``stage`` list that
+it keeps pointing at what is being done (used in error messages), prints its
+result on stdout and returns the exit code; problems are raised (see ``errors.py``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import example_inputs, load_checkpoint, shape_text
+from .errors import PROG, CLIError, one_line
+from .named_models import build_named, check_model_name, cli_kwargs, label
+from .outputs import flatten, max_abs_error, run_onnx_file
+from .prune import cmd_prune
+
+__all__ = ["cmd_groups", "cmd_prune", "cmd_validate"]
+
+
+def cmd_groups(args: argparse.Namespace, stage: list[str]) -> int:
+    """Print ``fxprune.analyze``'s channel-group report and the model's params and MACs."""
+    import fxprune
+    from fxprune.errors import UnsupportedOpError
+    from fxprune.report import count_macs, count_params, human
+
+    stage[0] = "loading the checkpoint"
+    loaded = load_checkpoint(args.checkpoint, args)
+    inputs = example_inputs(loaded, args)
+    stage[0] = "analysing the model"
+    try:
+        graph = fxprune.analyze(loaded.model, inputs, strict=args.strict)
+    except UnsupportedOpError as exc:
+        raise CLIError(f"{one_line(exc)}; drop --strict to treat such ops as barriers") from None
+    params, macs = count_params(loaded.model), count_macs(loaded.model, inputs)
+    print(graph)
+    print()
+    print(f"model: {loaded.label}, input {shape_text(inputs)}")
+    print(f"params: {human(params)} ({params:,})   MACs: {human(macs)} ({macs:,})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, stage: list[str]) -> int:
+    """Reload a .fxp file, re-validate it in onnxruntime and optionally compare an ONNX file."""
+    import torch
+
+    from fxprune.report import count_macs, count_params, human
+    from fxprune.validate import validate
+
+    stage[0] = "checking the options"
+    path = Path(args.file)
+    if not path.exists():
+        raise CLIError(f"no such file: {path}; check the FILE path")
+    onnx = Path(args.onnx) if args.onnx else None
+    if onnx is not None and not onnx.is_file():
+        raise CLIError(f"no such file: {onnx}; check the --onnx path")
+    if args.model is not None:
+        check_model_name(args.model)
+
+    stage[0] = f"reading {path}"
+    payload = _read_fxp(path)
+    original = build_named(args.model, cli_kwargs(args))[0] if args.model else None
+    stage[0] = f"reloading {path} with fxprune.load"
+    gm = _reload(path, original)
+    gen = torch.Generator().manual_seed(args.seed)
+    inputs = tuple(torch.randn(tuple(s), generator=gen) for s in payload["input_shapes"])
+    params, macs = count_params(gm), count_macs(gm, inputs)
+    name = label(payload["source"], gm) if args.model is None else args.model
+    print(f"{path}: pruned {name}, input {shape_text(inputs)}, params {human(params)}, MACs {human(macs)}")
+    _check_recorded_params(payload, params, path)
+
+    stage[0] = "validating the reloaded model in onnxruntime"
+    report = validate(gm, inputs, rtol=args.rtol)
+    print(f"reloaded model vs onnxruntime (fresh export): {report}")
+    if onnx is not None:
+        stage[0] = f"running {onnx} in onnxruntime"
+        _compare_onnx_file(onnx, path, gm, inputs, args.rtol)
+    print("ok")
+    return 0
+
+
+def _read_fxp(path: Path) -> dict:
+    """The payload of a .fxp file (``fxprune.io.read``); unreadable files are a CLIError."""
+    from fxprune import io as fxio
+    from fxprune.errors import InputError
+
+    try:
+        return fxio.read(path)
+    except InputError as exc:
+        raise CLIError(f"{one_line(exc)}; pass a .fxp file written by fxprune.save or '{PROG} prune'") from None
+
+
+def _reload(path: Path, original: Any) -> Any:
+    """``fxprune.load(path, model=original)``; a definition that does not fit is a CLIError."""
+    import fxprune
+    from fxprune.errors import InputError, PlanError
+
+    try:
+        return fxprune.load(path, model=original)
+    except InputError as exc:
+        raise CLIError(f"cannot rebuild the model {path} was pruned from ({one_line(exc)}); pass --model NAME "
+                       f"with its fxprune.models/torchvision.models name") from None
+    except PlanError as exc:
+        raise CLIError(f"{one_line(exc)}; pass the --model (and --num-classes/--in-channels) {path} was "
+                       f"pruned from") from None
+
+
+def _check_recorded_params(payload: dict, params: int, path: Path) -> None:
+    """The reloaded model must have the parameter count recorded when the file was saved."""
+    from fxprune.errors import ValidationError
+
+    recorded = (payload.get("report") or {}).get("params_after")
+    if recorded is not None and int(recorded) != params:
+        raise ValidationError(f"{path} reloads with {params} parameters but recorded {recorded} when it was "
+                              f"saved; pass the --model it was pruned from")
+
+
+def _compare_onnx_file(onnx: Path, path: Path, gm: Any, inputs: tuple, rtol: float) -> None:
+    """Run ``onnx`` in onnxruntime and compare it with the reloaded model; print the verdict."""
+    import torch
+
+    from fxprune.errors import ValidationError
+
+    outs = run_onnx_file(onnx, inputs, str(path))
+    with torch.no_grad():
+        refs = flatten(gm(*inputs))
+    err, scale = max_abs_error(refs, outs)
+    tol = rtol * max(1.0, scale)
+    verdict = "ok" if err <= tol else "MISMATCH"
+    print(f"{onnx} vs reloaded model: {verdict} max_abs={err:.3g} tol={tol:.3g}")
+    if err > tol:
+        raise ValidationError(f"{onnx} disagrees with the reloaded {path}: max abs error {err:.3g} > "
+                              f"tolerance {tol:.3g}")

@@ -1,0 +1,293 @@
+"""``fxprune-trace prune``: prune CHECKPOINT, check it, write ``.fxp`` (and ``.onnx``), print a summary.
+
+Order of work: check the options and output paths, load the model (and calibration
+data), ``fxprune.compile``, measure the original in onnxruntime, then write every
+output to a temporary file, reload the ``.fxp`` with ``fxprune.load`` and only then
+move the files into place.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .calibration import check_data_spec, load_data
+from .checkpoints import Loaded, example_inputs, load_checkpoint, shape_text
+from .errors import CLIError, InternalError, describe, one_line, warn
+from .named_models import NAMED_KINDS
+from .outputs import PassDumper, check_output, flatten, max_abs_error, write_together
+
+
+@dataclass
+class Outputs:
+    """Where ``prune`` writes: the .fxp file, the optional ONNX file and pass-dump folder."""
+
+    out: Path
+    onnx: Path | None
+    dump: Path | None
+
+
+def cmd_prune(args: argparse.Namespace, stage: list[str]) -> int:
+    """Run ``prune``; ``stage[0]`` always says what is being done (for error messages)."""
+    import torch
+
+    stage[0] = "checking the options"
+    needs_data = _needs_data(args.method)
+    where = _check_options(args, needs_data)
+
+    stage[0] = "loading the checkpoint"
+    loaded = load_checkpoint(args.checkpoint, args)
+    inputs = example_inputs(loaded, args)
+    options = method_options(args)
+    if needs_data:
+        stage[0] = "loading the calibration data"
+        options["data"] = load_data(args.data, args.calibration_size, tuple(inputs[0].shape))
+
+    torch.manual_seed(args.seed)
+    dumper = PassDumper(where.dump)
+    stage[0] = "pruning"
+    result = _compile(loaded, inputs, args, options, dumper)
+
+    stage[0] = "measuring the original model in onnxruntime"
+    before = _validate_original(loaded, inputs, args)
+    latency = _write_outputs(result, loaded, inputs, before, args, where, stage)
+    _print_summary(result, loaded, inputs, before, latency, args, where, dumper)
+    return 0
+
+
+def _needs_data(method: str) -> bool:
+    """Whether ``method`` takes calibration data (a ``data`` option)."""
+    from fxprune.passes import METHODS
+
+    return "data" in {f.name for f in dataclasses.fields(METHODS[method])}
+
+
+def _check_options(args: argparse.Namespace, needs_data: bool) -> Outputs:
+    """Everything about the options that can be checked before loading anything."""
+    if needs_data and args.data is None:
+        raise CLIError(f"method {args.method!r} needs calibration data; pass --data fashion-mnist, --data "
+                       f"bundled or --data DIR (a folder of (inputs, targets) .pt batches)")
+    out = check_output(args.out, "--out")
+    onnx = check_output(args.onnx, "--onnx")
+    if onnx is not None and onnx.resolve() == out.resolve():
+        raise CLIError("--out and --onnx name the same file; pass two different paths")
+    dump = Path(args.dump_passes) if args.dump_passes else None
+    if dump is not None and dump.exists() and not dump.is_dir():
+        raise CLIError(f"--dump-passes {dump} exists and is not a directory; pass a directory path")
+    check_data_spec(args.data)
+    if args.data is not None and not needs_data:
+        warn(f"--data is not used by method {args.method!r}")
+    return Outputs(out, onnx, dump)
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    """The options ``fxprune.compile`` passes to the method, from the command line."""
+    from fxprune.passes import METHODS
+
+    fields = {f.name for f in dataclasses.fields(METHODS[args.method])}
+    options: dict[str, Any] = {"scope": args.scope, "round_to": args.round_to, "ignore": args.ignore}
+    if "seed" in fields:
+        options["seed"] = args.seed
+    if "progress" in fields:
+        options["progress"] = sys.stderr.isatty()
+    return options
+
+
+def _compile(loaded: Loaded, inputs: tuple, args: argparse.Namespace, options: dict, dumper: PassDumper) -> Any:
+    """``fxprune.compile`` with validation; failures outside any pass become InternalError."""
+    import fxprune
+    from fxprune.errors import FxpruneError, UnsupportedOpError
+
+    try:
+        return fxprune.compile(loaded.model, inputs, args.method, args.sparsity, validate=True,
+                               rtol=args.rtol, strict=args.strict, callback=dumper, **options)
+    except UnsupportedOpError as exc:
+        raise CLIError(f"{one_line(exc)}; drop --strict to treat such ops as barriers") from None
+    except FxpruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - outside any pass (trace, cost counting)
+        after = f" after pass(es) {', '.join(dumper.done)}" if dumper.done else ""
+        raise InternalError(f"pruning failed{after}: {describe(exc)}") from exc
+
+
+def _validate_original(loaded: Loaded, inputs: tuple, args: argparse.Namespace) -> Any:
+    """The original model's onnxruntime report (with its ONNX bytes), None if it cannot be exported."""
+    from fxprune.errors import ValidationError
+    from fxprune.validate import validate
+
+    try:
+        return validate(loaded.model, inputs, rtol=args.rtol, keep_onnx=True, raise_on_mismatch=False)
+    except ValidationError as exc:
+        warn(f"the original model could not be checked in onnxruntime: {one_line(exc)}")
+        return None
+
+
+def _write_outputs(result: Any, loaded: Loaded, inputs: tuple, before: Any, args: argparse.Namespace,
+                   where: Outputs, stage: list[str]) -> tuple[str, str, str]:
+    """Write the ONNX and .fxp files (all or nothing), measuring latency in between; returns
+    the latency row's cells (before, after, after/before)."""
+    from fxprune.validate import save_onnx, validate
+
+    pruned = result.module
+    latency = ("-", "-", "")
+
+    def work(tmp_out: Path, tmp_onnx: Path | None) -> None:
+        """Fill the temporary files; ``write_together`` publishes them when this returns."""
+        nonlocal latency
+        pruned_bytes = None
+        if tmp_onnx is not None:
+            stage[0] = f"writing {where.onnx}"
+            save_onnx(pruned, inputs, tmp_onnx)
+            pruned_bytes = tmp_onnx.read_bytes()
+        elif args.latency_runs:
+            pruned_bytes = validate(pruned, inputs, rtol=args.rtol, keep_onnx=True).onnx_bytes
+        if args.latency_runs:
+            stage[0] = "measuring onnxruntime latency"
+            latency = _latency(pruned_bytes, before, inputs, args.latency_runs)
+        stage[0] = f"writing {where.out}"
+        named = _save(result, loaded, tmp_out)
+        stage[0] = f"reloading {where.out} with fxprune.load"
+        check_reload(tmp_out, where.out, pruned, inputs, loaded, named)
+
+    write_together([where.out, where.onnx], work)
+    return latency
+
+
+def _latency(pruned_bytes: bytes, before: Any, inputs: tuple, runs: int) -> tuple[str, str, str]:
+    """Median onnxruntime latency of the original and the pruned model, as table cells."""
+    from fxprune.validate import ort_latency
+
+    after_s = ort_latency(pruned_bytes, inputs, runs=runs)
+    before_s = ort_latency(before.onnx_bytes, inputs, runs=runs) if before is not None else None
+    return (f"{before_s * 1e3:.2f} ms" if before_s is not None else "-", f"{after_s * 1e3:.2f} ms",
+            f"{after_s / before_s:.1%}" if before_s else "")
+
+
+def _save(result: Any, loaded: Loaded, path: Path) -> bool:
+    """``fxprune.save`` the result (a re-pruned .fxp as one plan on the original model);
+    returns whether the file names a zoo/torchvision model."""
+    import fxprune
+
+    save_result = result
+    source = loaded.source
+    if loaded.payload is not None:  # a .fxp pruned again: one plan on the original
+        units = {g.id: g.units for g in result.graph.groups}
+        save_result = dataclasses.replace(result, plan=compose_plan(loaded.payload["plan"], result.plan, units))
+    named = source is not None and source.get("kind") in NAMED_KINDS
+    if named:
+        fxprune.save(save_result, path, model_name=source["name"], model_kwargs=source.get("kwargs"))
+    else:
+        if source is not None:
+            save_result = dataclasses.replace(save_result, source=source)
+        fxprune.save(save_result, path)
+    return named
+
+
+def compose_plan(first: dict[str, list[int]], second: dict[str, list[int]],
+                 units_after_first: dict[str, int]) -> dict[str, list[int]]:
+    """Express "prune by ``first``, then prune the result by ``second``" as one plan on the original.
+
+    Group ids are module names, which rewrite keeps, and units keep their order; a group of the
+    pruned model with ``k`` units whose id is in ``first`` is that original group's ``k`` kept units.
+    """
+    plan = {gid: sorted(kept) for gid, kept in first.items()}
+    for gid, kept in second.items():
+        base = plan.get(gid)
+        if base is None:
+            base = list(range(units_after_first[gid]))
+        elif len(base) != units_after_first[gid]:
+            raise InternalError(f"cannot express the re-pruned model as one plan on the original: group {gid!r} "
+                                f"has {units_after_first[gid]} units after the first pruning, the file kept "
+                                f"{len(base)}; prune the original checkpoint instead")
+        plan[gid] = [base[i] for i in kept]
+    return plan
+
+
+def check_reload(tmp: Path, final: Path, pruned: Any, inputs: tuple, loaded: Loaded, named: bool) -> None:
+    """The written file must reload (``fxprune.load``) into the model just pruned.
+
+    A file that names a zoo/torchvision model must reload by itself; one that records a class
+    (a pickled module) may need ``model=`` (a warning says so) but must then reload exactly.
+    """
+    import torch
+
+    with torch.no_grad():
+        want = flatten(pruned.eval()(*inputs))
+    problem = _reload_error(tmp, final, want, inputs)
+    if problem is None:
+        return
+    if named or loaded.original is None:
+        raise InternalError(f"{final} does not reload with fxprune.load ({problem}); please report this fxprune bug")
+    second = _reload_error(tmp, final, want, inputs, copy.deepcopy(loaded.original()))
+    if second is not None:
+        raise InternalError(f"{final} does not reload with fxprune.load(path, model=<the unpruned model>) "
+                            f"({second}); please report this fxprune bug")
+    warn(f"fxprune.load cannot rebuild the original model of {final} by itself ({problem}); load it with "
+         f"fxprune.load(path, model=<the unpruned model>), or pass --model NAME to record a "
+         f"fxprune.models/torchvision.models name")
+
+
+def _reload_error(tmp: Path, final: Path, want: list, inputs: tuple, model: Any = None) -> str | None:
+    """Why ``fxprune.load(tmp, model=model)`` does not give outputs ``want`` (None if it does)."""
+    import torch
+
+    import fxprune
+    from fxprune.errors import FxpruneError
+
+    try:
+        gm = fxprune.load(tmp, model=model)
+        with torch.no_grad():
+            err, scale = max_abs_error(want, flatten(gm(*inputs)))
+    except (FxpruneError, CLIError) as exc:
+        return one_line(exc).replace(str(tmp), str(final))
+    return None if err <= 1e-5 * max(1.0, scale) else f"it reloads with outputs off by {err:.3g}"
+
+
+def _print_summary(result: Any, loaded: Loaded, inputs: tuple, before: Any, latency: tuple[str, str, str],
+                   args: argparse.Namespace, where: Outputs, dumper: PassDumper) -> None:
+    """What was pruned, the before/after table, timings, warnings and the files written."""
+    from fxprune.report import format_table, human
+
+    rep = result.report
+    pruned_groups = [g for g in rep.groups if g.removed]
+    budget = f"sparsity {args.sparsity:g}, {args.scope}" + (f", round_to {args.round_to}" if args.round_to > 1 else "")
+    print(f"{loaded.label}: {args.method} ({budget}) on input {shape_text(inputs)}: "
+          f"{len(pruned_groups)} of {len(rep.groups)} prunable groups pruned "
+          f"({sum(g.removed for g in pruned_groups)} units removed)")
+    print(format_table(_summary_rows(result, before, latency, args), header=("", "before", "after", "after/before")))
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in rep.seconds.items()))
+    for w in rep.warnings:
+        warn(w)
+    written = [f"{where.out} ({human(where.out.stat().st_size)}B)"]
+    if where.onnx is not None:
+        written.append(f"{where.onnx} ({human(where.onnx.stat().st_size)}B)")
+    if where.dump is not None:
+        written.append(f"{len(dumper.done)} pass dumps in {where.dump}")
+    print("wrote " + ", ".join(written))
+
+
+def _summary_rows(result: Any, before: Any, latency: tuple[str, str, str], args: argparse.Namespace) -> list:
+    """The rows of the before/after table: params, MACs, latency, onnxruntime error."""
+    from fxprune.report import human
+    from fxprune.state import state_of
+
+    rep, state = result.report, state_of(result.module)
+    after = state.validation if state is not None else None
+
+    def pct(a: float, b: float) -> str:
+        return f"{a / b:.1%}" if b else ""
+
+    def err(r: Any) -> str:
+        return f"{r.max_abs:.3g}" if r is not None else "-"
+
+    return [
+        ("params", human(rep.params_before), human(rep.params_after), pct(rep.params_after, rep.params_before)),
+        ("MACs", human(rep.macs_before), human(rep.macs_after), pct(rep.macs_after, rep.macs_before)),
+        (f"onnxruntime latency (median of {args.latency_runs})" if args.latency_runs
+         else "onnxruntime latency (--latency-runs 0)", *latency),
+        ("max |onnxruntime - torch|", err(before), err(after), ""),
+    ]
