@@ -40,7 +40,7 @@ def test_child_records(zoo, records):
         assert rec["zero_produce_eq_rewrite"] and rec["zero_max_abs"] <= tol
         # the checks can see an error: pruning itself moved the output well above the tolerance
         assert rec["rewrite_vs_original_max_abs"] > 10 * rec["mask_max_abs"]
-        assert set(zoo.PHASES) <= set(rec["seconds"])
+        assert {"analyze", "l1", "rewrite", "validate"} <= set(rec["seconds"])
         json.dumps(rec)  # the record the child prints must be JSON
 
 

@@ -45,7 +45,8 @@ MARKER = "ZOO_SWEEP_RECORD "
 DEFAULT_OUT = os.path.join("tools", "results", "zoo_sweep")
 MACS_TARGET = 0.30  # the issue's bar: MACs fall by at least 30% at sparsity 0.5
 EQ_RTOL = 1e-4  # equivalence tolerance: EQ_RTOL * max(1, max|output|)
-PHASES = ("analyze", "l1", "rewrite", "validate")
+PHASES = ("trace", "analyze", "l1", "rewrite", "validate")  # columns of the table ("-" if absent)
+TINY_CONSTANT = 1e-4  # a parameter whose elements all equal some |c| <= this counts as "zero-initialised"
 
 
 # ============================================================================ child
@@ -64,7 +65,14 @@ def input_size(name: str, size: int | None) -> int:
 
 
 def build_model(name: str, seed: int = 0):
-    """``get_model(name, weights=None).eval()`` with zero-initialised tensors and BN stats randomised."""
+    """``get_model(name, weights=None).eval()`` with zero-initialised tensors and BN stats randomised.
+
+    Parameters whose elements are all zero, or all one tiny constant (ConvNeXt's
+    ``layer_scale`` = 1e-6, which would make every residual branch, and so every check
+    of it, invisible), are refilled with ``normal_(0, 0.02)``; BN running means get
+    ``normal_(0, 0.1)`` and running variances ``uniform_(0.5, 1.5)``. Returns the model
+    and the names of the refilled parameters.
+    """
     import torch
     from torch import nn
     from torchvision.models import get_model
@@ -76,7 +84,7 @@ def build_model(name: str, seed: int = 0):
         for pname, p in m.named_parameters():
             if p.numel() and not p.is_floating_point():
                 continue
-            if p.numel() and bool((p == 0).all()):
+            if p.numel() and float(p.flatten()[0].abs()) <= TINY_CONSTANT and bool((p == p.flatten()[0]).all()):
                 p.normal_(0.0, 0.02)
                 refilled.append(pname)
         for mod in m.modules():
@@ -223,6 +231,7 @@ def _run_one(name: str, size: int | None, sparsity: float, method: str, seed: in
         return rec
     rec["params"] = sum(p.numel() for p in m.parameters())
     rec["refilled_zero_tensors"] = len(refilled)
+    rec["refilled_examples"] = refilled[:3]
     torch.manual_seed(seed)
     x = torch.randn(1, 3, hw, hw)
     rec["build_s"] = time.perf_counter() - t_start
@@ -416,9 +425,10 @@ def _fmt_diff(rec: dict, ok_key: str, diff_key: str, err_key: str) -> str:
     if ok_key not in rec:
         return "-"
     mark = "ok" if rec[ok_key] else "**FAIL**"
+    groups = f" ({rec['groups_checked']}/{rec['groups_pruned']} groups)" if "groups_checked" in rec else ""
     if diff_key in rec:
-        return f"{mark} {rec[diff_key]:.1e}"
-    return f"{mark} ({rec.get(err_key, 'error')})" if not rec[ok_key] else mark
+        return f"{mark} {rec[diff_key]:.1e}{groups}"
+    return f"{mark} ({rec.get(err_key, 'error')})" if not rec[ok_key] else mark + groups
 
 
 def _cell(text: Any) -> str:
@@ -463,10 +473,12 @@ def markdown(records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         f"crashed: {s['crashed']}, timeouts: {s['timeouts']}",
         "",
         "Equivalence checks use the plan's groups without normalisation members, tolerance "
-        f"{EQ_RTOL:g} x max(1, max|output|); the diff shown is the max abs difference.",
+        f"{EQ_RTOL:g} x max(1, max|output|); the diff shown is the max abs difference, then "
+        "(groups checked / groups the plan prunes). Seconds per phase come from `res.report.seconds`; "
+        "total s includes building the model and the equivalence checks.",
         "",
         "| model | params | MACs before→after | MACs reduction | validate max err | mask==rewrite | zero-produce "
-        "| s analyze/l1/rewrite/validate | total s | status/reason |",
+        "| s trace/analyze/l1/rewrite/validate | total s | status/reason |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -484,6 +496,24 @@ def markdown(records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                _fmt_diff(r, "zero_produce_eq_rewrite", "zero_max_abs", "zero_error"),
                phases, total, status_text(r)]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    weak = [r for r in records if "rewrite_vs_original_max_abs" in r and "eq_tolerance" in r
+            and r["rewrite_vs_original_max_abs"] < 10 * r["eq_tolerance"]]
+    huge = [r for r in records if r.get("output_scale", 0) > 1e3]
+    if weak or huge or any(r.get("groups_checked") == 0 for r in records):
+        lines += ["", "Notes:", ""]
+        for r in records:
+            if r.get("groups_checked") == 0:
+                lines.append(f"- {r['model']}: no pruned group without norm members, the equivalence checks are vacuous")
+        for r in huge:
+            lines.append(f"- {r['model']}: outputs reach {r['output_scale']:.2g} (random init, BN not calibrated), so "
+                         f"the absolute diffs are large; relative to the output: mask "
+                         f"{r.get('mask_rel', float('nan')):.1e}, zero-produce {r.get('zero_rel', float('nan')):.1e}")
+        for r in weak:
+            lines.append(f"- {r['model']}: pruning moved the output by only {r['rewrite_vs_original_max_abs']:.1e} "
+                         f"(tolerance {r['eq_tolerance']:.1e}): the equivalence checks have little signal")
+    slow = sorted((r for r in records if isinstance(r.get("total_s"), (int, float))), key=lambda r: -r["total_s"])[:5]
+    if slow:
+        lines += ["", "Slowest: " + ", ".join(f"{r['model']} {r['total_s']:.0f}s" for r in slow)]
     lines.append("")
     return "\n".join(lines)
 
@@ -559,6 +589,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--method", default="l1")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each child (0: torch default)")
+    p.add_argument("--rerender", action="store_true", help="only rewrite <out>.md from <out>.json")
     p.add_argument("--one", metavar="NAME", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -566,7 +597,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    return child_main(args) if args.one else parent_main(args, argv)
+    if args.one:
+        return child_main(args)
+    if args.rerender:
+        with open(args.out + ".json") as f:
+            data = json.load(f)
+        atomic_write(args.out + ".md", markdown(data["records"], data["summary"]))
+        return 0
+    return parent_main(args, argv)
 
 
 if __name__ == "__main__":
