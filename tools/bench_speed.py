@@ -129,9 +129,11 @@ def _fx_removed_out_channels(graph, plan) -> dict[str, set[int]]:
 
 # --- Torch-Pruning --------------------------------------------------------------
 def _tp_pruner(tp, model: torch.nn.Module, x: torch.Tensor):
+    """L1 MetaPruner at SPARSITY that leaves the final classifier (the last Linear, ResNet's fc) whole."""
+    last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
     return tp.pruner.MetaPruner(
         model, x, importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=SPARSITY, ignored_layers=[model.fc],
+        pruning_ratio=SPARSITY, ignored_layers=last_linear,
     )
 
 
@@ -188,95 +190,118 @@ def _compare_pruned(original: torch.nn.Module, fx_model: torch.nn.Module, tp_mod
 
 
 # --- one model --------------------------------------------------------------------
+class _Series:
+    """Per-phase wall/CPU samples of one tool."""
+
+    def __init__(self, phases: Sequence[str]):
+        self.phases = tuple(phases)
+        self.wall: dict[str, list[float]] = {p: [] for p in phases}
+        self.cpu: dict[str, list[float]] = {p: [] for p in phases}
+
+    def add(self, wall: dict[str, float], cpu: dict[str, float]) -> None:
+        for p in self.phases:
+            self.wall[p].append(wall[p])
+            self.cpu[p].append(cpu[p])
+
+    def total(self, phases: Sequence[str]) -> dict[str, Any]:
+        n = len(self.wall[self.phases[0]])
+        out = _summary([sum(self.wall[p][i] for p in phases) for i in range(n)])
+        out["cpu"] = _summary([sum(self.cpu[p][i] for p in phases) for i in range(n)])
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {p: _summary(self.wall[p]) for p in self.phases}
+        out["cpu_median"] = {p: statistics.median(self.cpu[p]) for p in self.phases}
+        return out
+
+
 def bench_model(name: str, repeats: int = 5, warmup: int = 1, torch_pruning: bool = True,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Benchmark one torchvision model; returns a JSON-able record (seconds)."""
+    """Benchmark one torchvision model; returns a JSON-able record (seconds).
+
+    fxprune and Torch-Pruning repeats alternate, so both tools see the same background load.
+    """
     log = log or (lambda s: None)
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     torch.manual_seed(0)
     model = _build_model(name)
     x = torch.randn(1, 3, 224, 224)
-    rec: dict[str, Any] = {"model": name, "input_shape": list(x.shape), "repeats": repeats, "warmup": warmup}
+    rec: dict[str, Any] = {"model": name, "input_shape": list(x.shape), "repeats": repeats, "warmup": warmup,
+                           "loadavg_1min_start": (_loadavg() or [None])[0]}
 
-    # fxprune
-    for _ in range(warmup):
-        _fxprune_once(model, x)
-    walls: dict[str, list[float]] = {p: [] for p in FX_PHASES}
-    cpus: dict[str, list[float]] = {p: [] for p in FX_PHASES}
-    totals, e2e = [], []
-    last = None
-    for i in range(repeats):
-        gc.collect()
-        wall, cpu, last = _fxprune_once(model, x)
-        for p in FX_PHASES:
-            walls[p].append(wall[p])
-            cpus[p].append(cpu[p])
-        totals.append(wall["trace"] + wall["analyze"] + wall["rewrite"])
-        e2e.append(sum(wall.values()))
-        log(f"  {name} fxprune repeat {i + 1}/{repeats}: " + ", ".join(f"{p} {wall[p]:.3f}" for p in FX_PHASES))
-    gm, graph, plan, pruned = last["gm"], last["graph"], last["plan"], last["pruned"]
-    nodes = len(gm.graph.nodes)
-    fx = {p: _summary(walls[p]) for p in FX_PHASES}
-    fx["cpu_median"] = {p: statistics.median(cpus[p]) for p in FX_PHASES}
-    fx["trace_analyze_rewrite"] = _summary(totals)
-    fx["end_to_end"] = _summary(e2e)
-    rec["nodes"] = nodes
-    rec["groups"] = len(graph.groups)
-    rec["prunable_groups"] = len(graph.prunable_groups)
-    rec["planned_groups"] = len(plan)
-    rec["analyze_us_per_node"] = fx["analyze"]["median"] / nodes * 1e6
-    rec["fxprune"] = fx
-    rec["macs_before"] = count_macs(model, (x,))
-    rec["params_before"] = count_params(model)
-    rec["fxprune_macs_after"] = count_macs(pruned, (x,))
-    rec["fxprune_params_after"] = count_params(pruned)
-
-    # Torch-Pruning
     tp = torch_pruning_module() if torch_pruning else None
     if not torch_pruning:
         rec["torch_pruning"] = {"skipped": "disabled with --no-torch-pruning"}
     elif tp is None:
         rec["torch_pruning"] = {"skipped": "torch-pruning is not installed (pip install torch-pruning)"}
-    else:
+
+    fx_series, tp_series, copies = _Series(FX_PHASES), _Series(TP_PHASES), []
+    fx_last = tp_last = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Torch-Pruning warns about unwrapped parameters etc.
+        for i in range(-warmup, repeats):
+            gc.collect()
+            wall, cpu, fx_last = _fxprune_once(model, x)
+            if i >= 0:
+                fx_series.add(wall, cpu)
+                log(f"  {name} fxprune repeat {i + 1}/{repeats}: "
+                    + ", ".join(f"{p} {wall[p]:.3f}" for p in FX_PHASES))
+            if tp is None:
+                continue
+            try:
+                gc.collect()
+                _, t_copy, _ = _timed(lambda: copy.deepcopy(model))
+                wall, cpu, tp_last = _tp_once(tp, model, x)
+            except Exception as exc:  # a failing column must not lose the others
+                rec["torch_pruning"] = {"skipped": f"Torch-Pruning failed: {type(exc).__name__}: {exc}"}
+                tp = None
+                continue
+            if i >= 0:
+                tp_series.add(wall, cpu)
+                copies.append(t_copy)
+                log(f"  {name} torch-pruning repeat {i + 1}/{repeats}: "
+                    + ", ".join(f"{p} {wall[p]:.3f}" for p in TP_PHASES))
+
+    gm, graph, plan, pruned = fx_last["gm"], fx_last["graph"], fx_last["plan"], fx_last["pruned"]
+    nodes = len(gm.graph.nodes)
+    fx = fx_series.summary()
+    fx["trace_analyze_rewrite"] = fx_series.total(("trace", "analyze", "rewrite"))
+    fx["end_to_end"] = fx_series.total(FX_PHASES)
+    rec["nodes"] = nodes
+    rec["groups"] = len(graph.groups)
+    rec["prunable_groups"] = len(graph.prunable_groups)
+    rec["planned_groups"] = len(plan)
+    rec["analyze_us_per_node"] = fx["analyze"]["median"] / nodes * 1e6
+    rec["analyze_us_per_node_min"] = fx["analyze"]["min"] / nodes * 1e6
+    rec["fxprune"] = fx
+    rec["loadavg_1min_end"] = (_loadavg() or [None])[0]
+    rec["macs_before"] = count_macs(model, (x,))
+    rec["params_before"] = count_params(model)
+    rec["fxprune_macs_after"] = count_macs(pruned, (x,))
+    rec["fxprune_params_after"] = count_params(pruned)
+    if tp is not None:
         try:
-            rec["torch_pruning"] = _bench_tp(tp, name, model, x, repeats, warmup, rec, pruned, graph, plan, log)
-        except Exception as exc:  # a benchmark column failing must not lose the others
+            rec["torch_pruning"] = _tp_record(tp, model, x, tp_series, copies, tp_last["pruned"], fx, pruned,
+                                              graph, plan)
+        except Exception as exc:
             rec["torch_pruning"] = {"skipped": f"Torch-Pruning failed: {type(exc).__name__}: {exc}"}
     return rec
 
 
-def _bench_tp(tp, name, model, x, repeats, warmup, rec, fx_pruned, graph, plan, log) -> dict[str, Any]:
+def _tp_record(tp, model, x, series: _Series, copies, tp_pruned, fx, fx_pruned, graph, plan) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in range(warmup):
-            _tp_once(tp, model, x)
-        walls: dict[str, list[float]] = {p: [] for p in TP_PHASES}
-        cpus: dict[str, list[float]] = {p: [] for p in TP_PHASES}
-        prunes, copies = [], []
-        last = None
-        for i in range(repeats):
-            gc.collect()
-            _, t_copy, _ = _timed(lambda: copy.deepcopy(model))
-            copies.append(t_copy)
-            wall, cpu, last = _tp_once(tp, model, x)
-            for p in TP_PHASES:
-                walls[p].append(wall[p])
-                cpus[p].append(cpu[p])
-            prunes.append(wall["init"] + wall["step"])
-            log(f"  {name} torch-pruning repeat {i + 1}/{repeats}: "
-                + ", ".join(f"{p} {wall[p]:.3f}" for p in TP_PHASES))
         tp_removed = _tp_removed_out_channels(tp, model, x)
-    tp_pruned = last["pruned"]
-    out: dict[str, Any] = {p: _summary(walls[p]) for p in TP_PHASES}
-    out["cpu_median"] = {p: statistics.median(cpus[p]) for p in TP_PHASES}
-    out["prune"] = _summary(prunes)  # MetaPruner(...) + step(): what a Torch-Pruning user pays
+    out: dict[str, Any] = series.summary()
+    out["prune"] = series.total(("init", "step"))  # MetaPruner(...) + step(): what a Torch-Pruning user pays
     out["deepcopy_untimed"] = _summary(copies)
     out["version"] = getattr(tp, "__version__", "?")
     out["macs_after"] = count_macs(tp_pruned, (x,))
     out["params_after"] = count_params(tp_pruned)
-    fx = rec["fxprune"]
     out["ratio_prune_vs_fxprune_end_to_end"] = out["prune"]["median"] / fx["end_to_end"]["median"]
+    out["ratio_prune_vs_fxprune_end_to_end_min"] = out["prune"]["min"] / fx["end_to_end"]["min"]
+    out["ratio_prune_vs_fxprune_end_to_end_cpu"] = out["prune"]["cpu"]["median"] / fx["end_to_end"]["cpu"]["median"]
     out["ratio_build_vs_fxprune_trace_analyze"] = (
         out["build"]["median"] / (fx["trace"]["median"] + fx["analyze"]["median"]))
     out["comparison"] = _compare_pruned(model, fx_pruned, tp_pruned, _fx_removed_out_channels(graph, plan), tp_removed)
@@ -330,6 +355,10 @@ def _s(v: float) -> str:
     return f"{v:.3f}"
 
 
+def _mm(summary: dict[str, Any]) -> str:
+    return f"{summary['median']:.3f} ({summary['min']:.3f})"
+
+
 def _g(n: int) -> str:
     return f"{n / 1e9:.3f}G"
 
@@ -348,12 +377,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         + (f", with uncommitted changes to {', '.join(result['source']['modified'])}" if result["source"]["modified"]
            else ", clean"),
         f"- load average (1, 5, 15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}",
-        f"- {result['repeats']} repeats after {result['warmup']} warm-up; times are wall-clock medians in seconds; "
+        f"- {result['repeats']} repeats after {result['warmup']} warm-up, fxprune and Torch-Pruning alternating; "
+        "times are wall-clock medians in seconds, (min) where shown; the ratio's (…) is min over min; "
+        "'load' is the 1-minute load average before→after each model (2 CPUs: above 2 means other jobs "
+        "competed for the CPU); "
         f"input 1x3x224x224, L1 at sparsity {SPARSITY}",
         "",
     ]
     recs = result["records"]
-    header = ["model", "nodes", "trace", "analyze", "plan (L1)", "rewrite", "trace+analyze+rewrite",
+    header = ["model", "load", "nodes", "trace", "analyze", "plan (L1)", "rewrite", "trace+analyze+rewrite",
               "analyze µs/node", "fx end-to-end"]
     with_tp = any("skipped" not in r["torch_pruning"] for r in recs)
     if with_tp:
@@ -365,23 +397,45 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for r in recs:
         fx = r["fxprune"]
-        row = [r["model"], str(r["nodes"])] + [_s(fx[p]["median"]) for p in FX_PHASES] + [
-            _s(fx["trace_analyze_rewrite"]["median"]), f"{r['analyze_us_per_node']:.0f}",
-            _s(fx["end_to_end"]["median"])]
+        load = f"{r.get('loadavg_1min_start')}→{r.get('loadavg_1min_end')}"
+        row = [r["model"], load, str(r["nodes"])] + [_s(fx[p]["median"]) for p in FX_PHASES] + [
+            _mm(fx["trace_analyze_rewrite"]), f"{r['analyze_us_per_node']:.0f}", _mm(fx["end_to_end"])]
         tp = r["torch_pruning"]
         if with_tp:
             if "skipped" in tp:
                 row += ["—", "—", "—", _g(r["macs_before"]), _g(r["fxprune_macs_after"]), "—"]
             else:
-                row += [_s(tp["build"]["median"]), _s(tp["prune"]["median"]),
-                        f"{tp['ratio_prune_vs_fxprune_end_to_end']:.2f}×", _g(r["macs_before"]),
+                row += [_s(tp["build"]["median"]), _mm(tp["prune"]),
+                        f"{tp['ratio_prune_vs_fxprune_end_to_end']:.2f}× "
+                        f"({tp['ratio_prune_vs_fxprune_end_to_end_min']:.2f}×)", _g(r["macs_before"]),
                         _g(r["fxprune_macs_after"]), _g(tp["macs_after"])]
         else:
             row += [_g(r["macs_before"]), _g(r["fxprune_macs_after"])]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    lines += cpu_table(recs, with_tp)
+    lines.append("")
     lines += summary_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(recs: list[dict[str, Any]], with_tp: bool) -> list[str]:
+    """Process CPU seconds (all threads), medians: robust to other jobs when --threads 1."""
+    header = ["CPU s (median)", "trace", "analyze", "plan (L1)", "rewrite", "fx end-to-end"]
+    if with_tp:
+        header += ["TP build", "TP init", "TP step", "TP prune (init+step)", "TP prune / fx e2e (CPU)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in recs:
+        fx = r["fxprune"]
+        row = [r["model"]] + [_s(fx["cpu_median"][p]) for p in FX_PHASES] + [_s(fx["end_to_end"]["cpu"]["median"])]
+        tp = r["torch_pruning"]
+        if with_tp and "skipped" in tp:
+            row += ["—"] * 5
+        elif with_tp:
+            row += [_s(tp["cpu_median"][p]) for p in TP_PHASES] + [
+                _s(tp["prune"]["cpu"]["median"]), f"{tp['ratio_prune_vs_fxprune_end_to_end_cpu']:.2f}×"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
@@ -394,19 +448,24 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"- {TARGET_MODEL} trace+analyze+rewrite: median {t['median']:.3f} s (min {t['min']:.3f}, "
                      f"max {t['max']:.3f}); {ok} the < {TARGET_SECONDS:g} s target.")
     series = ", ".join(f"{r['model']} {r['analyze_us_per_node']:.0f}" for r in recs)
-    lines.append(f"- analysis µs per graph node: {series}.")
+    lines.append(f"- analysis µs per graph node (median): {series}.")
+    series = ", ".join(f"{r['model']} {r['analyze_us_per_node_min']:.0f}" for r in recs)
+    lines.append(f"- analysis µs per graph node (min): {series}.")
     per_node = [r["analyze_us_per_node"] for r in recs]
     if len(per_node) > 1:
         lines.append(f"  max/min of the series: {max(per_node) / min(per_node):.2f} (1.0 = perfectly flat).")
     ratios = [(r["model"], r["torch_pruning"]["ratio_prune_vs_fxprune_end_to_end"],
-               r["torch_pruning"]["ratio_build_vs_fxprune_trace_analyze"])
+               r["torch_pruning"]["ratio_build_vs_fxprune_trace_analyze"],
+               r["torch_pruning"]["ratio_prune_vs_fxprune_end_to_end_min"],
+               r["torch_pruning"]["ratio_prune_vs_fxprune_end_to_end_cpu"])
               for r in recs if "skipped" not in r["torch_pruning"]]
     if ratios:
-        lines.append("- Torch-Pruning prune (MetaPruner init + step) / fxprune end-to-end (trace+analyze+plan+rewrite): "
-                     + ", ".join(f"{m} {a:.2f}×" for m, a, _ in ratios)
+        lines.append("- Torch-Pruning prune (MetaPruner init + step) / fxprune end-to-end "
+                     "(trace+analyze+plan+rewrite), wall median (min over min) [CPU median]: "
+                     + ", ".join(f"{m} {a:.2f}× ({c:.2f}×) [{cpu:.2f}×]" for m, a, _, c, cpu in ratios)
                      + f" (target ≥ {TARGET_RATIO:g}×; > 1 means fxprune is faster).")
         lines.append("- Torch-Pruning DependencyGraph build / fxprune trace+analyze: "
-                     + ", ".join(f"{m} {b:.2f}×" for m, _, b in ratios) + ".")
+                     + ", ".join(f"{m} {b:.2f}×" for m, _, b, _, _ in ratios) + ".")
         lines.append("- Like for like:")
         for r in recs:
             tp = r["torch_pruning"]
@@ -415,14 +474,15 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             c = tp["comparison"]
             same_macs = "same" if tp["macs_after"] == r["fxprune_macs_after"] else "DIFFERENT"
             jac = c["removed_channel_jaccard_mean"]
+            overlap = ("n/a" if jac is None else
+                       f"{jac:.2f} (min {c['removed_channel_jaccard_min']:.2f})")
             lines.append(
                 f"  - {r['model']}: MACs after {r['fxprune_macs_after']:,} (fxprune) vs {tp['macs_after']:,} "
                 f"(Torch-Pruning), {same_macs}; params {r['fxprune_params_after']:,} vs {tp['params_after']:,}; "
                 f"{c['n_params_with_different_shapes']} tensors differ in shape; convs with pruned outputs "
                 f"{c['convs_out_pruned_fxprune']} vs {c['convs_out_pruned_torch_pruning']}, same removed count in "
                 f"{c['convs_same_removed_count']}/{c['n_convs_compared']}; mean Jaccard of the removed output "
-                f"channels per conv {jac:.2f}" + (f" (min {c['removed_channel_jaccard_min']:.2f})" if jac is not None else "")
-                + ".")
+                f"channels per conv {overlap}.")
             if c["params_with_different_shapes"]:
                 lines.append(f"    differing tensors (first 20): {', '.join(c['params_with_different_shapes'])}")
     skipped = {r["torch_pruning"]["skipped"] for r in recs if "skipped" in r["torch_pruning"]}
@@ -454,6 +514,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -495,10 +556,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per model and tool")
     ap.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning column")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
-    ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where bench_speed.{json,md} go")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the results go (default: tools/results)")
+    ap.add_argument("--name", default="bench_speed",
+                    help="basename of the result files, e.g. bench_speed.threads1 (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
+    if not args.name or os.sep in args.name:
+        ap.error("--name must be a plain file basename")
     unknown = [m for m in args.models if not callable(getattr(torchvision.models, m, None))]
     if unknown:
         ap.error(f"unknown torchvision model(s): {', '.join(unknown)}")
@@ -507,8 +572,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = " ".join(shlex.quote(a) for a in ["python", "tools/bench_speed.py", *argv])
     result = run(args.models, args.repeats, args.warmup, not args.no_torch_pruning, command)
     md = render_markdown(result)
-    _atomic_write(args.out_dir / "bench_speed.json", json.dumps(result, indent=2) + "\n")
-    _atomic_write(args.out_dir / "bench_speed.md", md)
+    _atomic_write(args.out_dir / f"{args.name}.json", json.dumps(result, indent=2) + "\n")
+    _atomic_write(args.out_dir / f"{args.name}.md", md)
     print()
     print(md)
     return result
