@@ -82,3 +82,18 @@ def check_equivalences(model: nn.Module, x: torch.Tensor, plan_fraction: float =
     assert diff <= 1e-4 * scale, f"rewrite != mask: {diff}"
     diff, scale = max_diff(pruned, zeroed)
     assert diff <= 1e-4 * scale, f"rewrite != zero-produce: {diff}"
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (a generator for module-scoped fixtures)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"fxprune_tool_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)

@@ -5,30 +5,23 @@ Runs on the bundled 500-image subset, so no data files are needed.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from conftest import load_tool
 import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
 
 from fxprune import data
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "train.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("fxprune_train_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from load_tool("train")
 
 
 class Tiny(nn.Module):

@@ -1,25 +1,19 @@
 """Fast check of tools/zoo_sweep.py: the child on two small models, in-process, and the writers."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "zoo_sweep.py"
+from conftest import load_tool
+
 
 
 @pytest.fixture(scope="module")
 def zoo():
-    spec = importlib.util.spec_from_file_location("zoo_sweep_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from load_tool("zoo_sweep")
 
 
 @pytest.fixture(scope="module")
