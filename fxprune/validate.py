@@ -228,14 +228,14 @@ def _run(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- comparison
 
 
-def _flatten(out: Any) -> list[torch.Tensor]:
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
     """Tensors of a (nested tuple/list/dict) output, in export order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
-        return [t for v in out.values() for t in _flatten(v)]
+        return [t for v in out.values() for t in flatten_outputs(v)]
     if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flatten(v)]
+        return [t for v in out for t in flatten_outputs(v)]
     return []
 
 
@@ -304,7 +304,7 @@ def validate(
     outs = _run(session, feeds)
     run_seconds = time.perf_counter() - start
     with eval_mode(gm), torch.no_grad():
-        refs = _flatten(gm(*args))
+        refs = flatten_outputs(gm(*args))
     max_abs, max_rel, scale = _compare(refs, outs)
     tolerance = atol if atol is not None else rtol * max(1.0, scale)
     report = ValidationReport(

@@ -96,20 +96,10 @@ def build_model(name: str, seed: int = 0):
     return m, refilled
 
 
-def _flatten(out: Any) -> list:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _flatten(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flatten(v)]
-    return []
-
-
 def _max_diff(a: Any, b: Any) -> float:
-    fa, fb = _flatten(a), _flatten(b)
+    from fxprune.validate import flatten_outputs
+
+    fa, fb = flatten_outputs(a), flatten_outputs(b)
     if len(fa) != len(fb):
         raise RuntimeError(f"{len(fa)} outputs vs {len(fb)} outputs")
     worst = 0.0
@@ -125,7 +115,9 @@ def _max_diff(a: Any, b: Any) -> float:
 
 
 def _scale(out: Any) -> float:
-    vals = [float(t.detach().abs().max()) for t in _flatten(out) if t.numel()]
+    from fxprune.validate import flatten_outputs
+
+    vals = [float(t.detach().abs().max()) for t in flatten_outputs(out) if t.numel()]
     return max(vals) if vals else 0.0
 
 

@@ -72,9 +72,9 @@ class PassDumper:
 
 def flatten(out: Any) -> list:
     """Tensors of a (nested tuple/list/dict) model output, in export order."""
-    from fxprune.validate import _flatten
+    from fxprune.validate import flatten_outputs
 
-    return _flatten(out)
+    return flatten_outputs(out)
 
 
 def max_abs_error(refs: Sequence, outs: Sequence) -> tuple[float, float]:
