@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -213,20 +212,11 @@ def finetune(model: nn.Module, loader: Iterable, epochs: int = 1, lr: float = 1e
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Create the folder if needed, then write atomically (``fxprune.io.atomic_write``)."""
+    from fxprune.io import atomic_write
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write)
 
 
 def save_checkpoint(path: str, model: nn.Module, name: str, kwargs: Mapping[str, Any],

@@ -35,7 +35,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -511,17 +510,13 @@ def markdown(records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 
 def atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Create the folder if needed, then write ``text`` atomically (``fxprune.io.atomic_write``)."""
+    from pathlib import Path
+
+    from fxprune.io import atomic_write as write_atomically
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_outputs(out: str, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
