@@ -63,7 +63,12 @@ def _needs_data(method: str) -> bool:
     """Whether ``method`` takes calibration data (a ``data`` option)."""
     from fxprune.passes import METHODS
 
-    return "data" in {f.name for f in dataclasses.fields(METHODS[method])}
+    cls = METHODS[method]
+    if "data" not in {f.name for f in dataclasses.fields(cls)}:
+        return False
+    if hasattr(cls, "needs_data"):  # layer-wise methods: some need data only to reweight
+        return bool(cls.needs_data or cls.needs_features or cls.needs_targets)
+    return True
 
 
 def _check_options(args: argparse.Namespace, needs_data: bool) -> Outputs:
