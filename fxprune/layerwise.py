@@ -10,7 +10,9 @@ keeps a prefix of that order. How many units each group keeps comes from
   lowest-ranked units until the target is met; per-layer methods use
   ``allocation="accuracy"`` (the paper's Sec. 5.2: per-group accuracy curves on
   ``verification`` data, binary search on the accuracy drop) or
-  ``allocation="uniform"`` (one keep fraction for every group).
+  ``allocation="uniform"`` (one keep fraction for every group). The curves
+  cost one verification pass per (group, fraction); pass the same dict as
+  ``curve_cache`` to runs that differ only in the target to compute them once.
 
 With ``reweight=True`` the layers that read a pruned group get new weights
 for the kept units, the least-squares fit of what they computed before
@@ -27,6 +29,8 @@ zeroed, so ``mask == rewrite`` still holds); the input GraphModule is unchanged.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable
 
@@ -65,6 +69,7 @@ class LayerwisePass(Pass):
     data: Iterable | None = field(default=None, compare=False)
     verification: Iterable | None = field(default=None, compare=False)
     loss_fn: Callable | None = field(default=None, compare=False)
+    curve_cache: dict | None = field(default=None, compare=False)  # reuse per-layer curves across targets
     max_batches: int | None = None
     seed: int = 0
     progress: bool = True
@@ -123,8 +128,11 @@ class LayerwisePass(Pass):
         if not ctx.groups:
             state.plan = {}
             return gm
-        counts = self._counts(ctx)
+        with ctx.timed("budget"):
+            counts = self._counts(ctx)
         plan = self.prune(ctx, counts)
+        for g in (g for g in ctx.groups if g.id in plan):  # a later group's reweighting may rewrite zeroed rows
+            _zero_removed_produce(ctx.work, g, plan[g.id])
         repaired = check_plan(ctx.graph, _repair_empty(ctx.graph, {k: list(v) for k, v in plan.items()},
                                                        _rank_scores(plan, ctx.groups)))
         if repaired != plan:  # a unit added back so that no tensor is emptied: its weights stay zero
@@ -134,6 +142,8 @@ class LayerwisePass(Pass):
         out.meta["fxprune"] = state
         state.plan = repaired
         state.notes.extend(ctx.notes)
+        for phase, seconds in ctx.seconds.items():
+            state.timings[f"{self.name}.{phase}"] = seconds
         return out
 
     def _counts(self, ctx: "LayerwiseContext") -> dict[str, int]:
@@ -151,8 +161,11 @@ class LayerwisePass(Pass):
         elif self.allocation == "uniform":
             counts = uniform_counts(groups, cost, float(self.compression), self.budget)
         else:
-            original = ctx.accuracy(ctx.original)
-            curves = accuracy_curves(groups, ctx.prune_one_and_evaluate, progress=self.progress)
+            cache = self.curve_cache if self.curve_cache is not None else {}
+            if "curves" not in cache:
+                cache["original"] = ctx.accuracy(ctx.original)
+                cache["curves"] = accuracy_curves(groups, ctx.prune_one_and_evaluate, progress=self.progress)
+            original, curves = cache["original"], cache["curves"]
             choice = select_budgets(curves, cost, float(self.compression), measure=self.budget,
                                     original_accuracy=original)
             counts = dict(choice.counts)
@@ -217,6 +230,7 @@ class LayerwiseContext:
         self._scores: dict[str, np.ndarray] | None = None
         self._problems: dict[str, GroupProblem] = {}
         self._cost = None
+        self.seconds: dict[str, float] = {}
         budget = Budget(method.sparsity, method.scope, method.round_to, method.ignore)
         need_consumers = method.reweight or method.needs_features
         self.consumers: dict[str, ConsumerSet] = {}
@@ -231,6 +245,15 @@ class LayerwiseContext:
             self.groups.append(g)
         self._calibration = None
         self._verification = None
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Add the time spent in the block to ``self.seconds[phase]`` (reported per pass)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     # --- data ---------------------------------------------------------------------------
     @property
@@ -272,7 +295,8 @@ class LayerwiseContext:
     def layerwise_problem(self, group: Group) -> GroupProblem:
         """The least-squares data of ``group`` on the unpruned model (all groups in one pass)."""
         if group.id not in self._problems:
-            self._problems.update(collect_problems(self.original, self.groups, self, self.calibration))
+            with self.timed("features+gram"):
+                self._problems.update(collect_problems(self.original, self.groups, self, self.calibration))
         return self._problems[group.id]
 
     # --- applying a decision ------------------------------------------------------------

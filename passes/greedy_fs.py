@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from fxprune.layerwise import LayerwiseContext, LayerwisePass
@@ -27,13 +28,12 @@ class LayerGreedyFS(LayerwisePass):
     needs_targets: ClassVar[bool] = True
 
     def order(self, ctx: LayerwiseContext, group, k: int) -> list[int]:
+        """The full forward-selection order (its first ``k`` are the greedy choice of ``k``)."""
         cache = ctx.__dict__.setdefault("_fs_orders", {})
-        key = (group.id, id(ctx.work), ctx.__dict__.get("_fs_round", 0))
-        if key in cache and len(cache[key]) >= k:
-            return cache[key] + [u for u in range(group.units) if u not in set(cache[key])]
-        chosen = forward_selection(ctx, group, k)
-        cache[key] = chosen
-        return chosen + [u for u in range(group.units) if u not in set(chosen)]
+        key = (group.id, ctx.__dict__.get("_fs_round", 0))
+        if key not in cache:
+            cache[key] = forward_selection(ctx, group, group.units)
+        return cache[key]
 
     def prune(self, ctx: LayerwiseContext, counts: dict[str, int]) -> dict[str, list[int]]:
         ctx.__dict__["_fs_round"] = 1  # orders from now on see the earlier groups pruned
@@ -45,26 +45,38 @@ class LayerGreedyFS(LayerwisePass):
         return plan
 
 
-def forward_selection(ctx: LayerwiseContext, group, k: int) -> list[int]:
-    """Greedy forward selection of ``k`` units of ``group`` on the first calibration batch."""
+def forward_selection(ctx: LayerwiseContext, group, k: int, chunk: int = 32) -> list[int]:
+    """Greedy forward selection of ``k`` units of ``group`` on the first calibration batch.
+
+    The losses of all candidates of a step are computed together with ``torch.func.vmap``
+    over the gate values (``chunk`` candidates per call); a plain loop when vmap fails.
+    """
     gated = mask(ctx.work, ctx.graph, {group.id: list(range(group.units))}, learnable=False)
     gated.eval()
     gate = gated.fxprune_gates[gate_key(group.id)].values
+    aliases = [n for n, t in gated.named_parameters(remove_duplicate=False) if t is gate]
     inputs, targets = ctx.calibration.batches[0]
     loss_fn = ctx.loss_fn()
+
+    def loss_of(values: torch.Tensor) -> torch.Tensor:
+        return loss_fn(functional_call(gated, {a: values for a in aliases}, inputs), targets)
+
+    on = torch.zeros(group.units)
     chosen: list[int] = []
     with torch.no_grad():
-        gate.zero_()
         for _ in tqdm(range(k), desc=f"greedy_fs {group.id}", disable=not ctx.method.progress, leave=False):
-            best, best_loss = -1, float("inf")
-            for u in range(group.units):
-                if u in chosen:
-                    continue
-                gate[u] = 1.0
-                loss = float(loss_fn(gated(*inputs), targets))
-                gate[u] = 0.0
-                if loss < best_loss:
-                    best, best_loss = u, loss
+            candidates = [u for u in range(group.units) if on[u] == 0]
+            trial = on.repeat(len(candidates), 1)
+            trial[torch.arange(len(candidates)), torch.tensor(candidates)] = 1.0
+            losses = _losses(loss_of, trial, chunk)
+            best = candidates[int(torch.argmin(losses))]  # first minimum: lowest index on ties
             chosen.append(best)
-            gate[best] = 1.0
+            on[best] = 1.0
     return chosen
+
+
+def _losses(loss_of, trial: torch.Tensor, chunk: int) -> torch.Tensor:
+    try:
+        return torch.cat([vmap(loss_of)(trial[i:i + chunk]) for i in range(0, len(trial), chunk)])
+    except Exception:  # an op without a batching rule: evaluate one candidate at a time
+        return torch.stack([loss_of(v) for v in trial])

@@ -87,8 +87,10 @@ class Submodular(LayerwisePass):
             plan = {}
             for g in ctx.groups:
                 problem = ctx.layerwise_problem(g)
-                sel = self._select(problem, counts[g.id])
-                ctx.apply(g, sel.kept, problem if self.reweight else None, weights=sel.weights)
+                with ctx.timed("greedy"):
+                    sel = self._select(problem, counts[g.id])
+                with ctx.timed("reweight"):
+                    ctx.apply(g, sel.kept, problem if self.reweight else None, weights=sel.weights)
                 plan[g.id] = sorted(sel.kept)
             return plan
         return SequentialRun(self, ctx).prune(counts)
@@ -111,11 +113,13 @@ class SequentialRun:
         first = {g.id: min(self.position[c.node] for c in ctx.consumers[g.id].consumers) for g in ctx.groups}
         for g in sorted(ctx.groups, key=lambda g: first[g.id]):
             problem = self._problem(g)
-            sel = self.method._select(problem, counts[g.id])
-            if self.method.reweight:
-                problem.write(sel.kept, sel.weights)
-            _zero_removed_produce(ctx.work, g, sel.kept)
-            self._zero_live(g, sel.kept)
+            with ctx.timed("greedy"):
+                sel = self.method._select(problem, counts[g.id])
+            with ctx.timed("reweight"):
+                if self.method.reweight:
+                    problem.write(sel.kept, sel.weights)
+                _zero_removed_produce(ctx.work, g, sel.kept)
+                self._zero_live(g, sel.kept)
             plan[g.id] = sorted(sel.kept)
         return plan
 
@@ -123,16 +127,19 @@ class SequentialRun:
         consumers = self.ctx.consumers[group.id].consumers
         problem = GroupProblem(self.ctx.layouts(group, self.ctx.work), group.units)
         first = min(consumers, key=lambda c: self.position[c.node])
-        for stepper in filter(None, (self.work, self.original)):
-            stepper.run_until(first.node)
-        if len(consumers) == 1:
-            node = self._input_node(first.node)
-            work = self.work.values(node)
-            orig = self.original.values(node) if self.original else [None] * len(work)
+        with self.ctx.timed("forward"):
+            for stepper in filter(None, (self.work, self.original)):
+                stepper.run_until(first.node)
+        if len(consumers) > 1:
+            with self.ctx.timed("forward+gram"):
+                return self._problem_by_hooks(group, problem)
+        node = self._input_node(first.node)
+        work = self.work.values(node)
+        orig = self.original.values(node) if self.original else [None] * len(work)
+        with self.ctx.timed("gram"):
             for b, a in zip(work, orig):
                 problem.add([b], None if a is None else [a])
-            return problem
-        return self._problem_by_hooks(group, problem)
+        return problem
 
     def _input_node(self, name: str) -> str:
         node = next(n for n in self.ctx.work.graph.nodes if n.name == name)
