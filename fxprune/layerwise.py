@@ -344,7 +344,7 @@ def consumer_inputs(model: fx.GraphModule, modules: list[str], batches: Batches)
     """Yield, per calibration batch, ``{module: its input}`` from an eval-mode forward of ``model``."""
     seen: dict[str, torch.Tensor] = {}
     handles = [model.get_submodule(name).register_forward_pre_hook(
-        lambda m, args, name=name: seen.__setitem__(name, args[0].detach())) for name in dict.fromkeys(modules)]
+        lambda m, args, name=name: seen.__setitem__(name, args[0].detach().clone())) for name in dict.fromkeys(modules)]
     was = model.training
     model.eval()
     try:

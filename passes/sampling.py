@@ -27,7 +27,7 @@ from fxprune.layerwise import LayerwiseContext, LayerwisePass, consumer_inputs
 def _unit_activity(x: torch.Tensor, module, units: np.ndarray, n_units: int) -> torch.Tensor:
     """(examples, units): mean |activation| of each unit's channels/features at one reader."""
     a = x.abs().double()
-    per_feature = a.flatten(2).mean(-1) if isinstance(module, CONVS) else a.reshape(a.shape[0], -1)
+    per_feature = a.flatten(2).mean(-1) if isinstance(module, CONVS) else a.reshape(a.shape[0], -1, a.shape[-1]).mean(1)
     ok = torch.from_numpy(units >= 0)
     index = torch.from_numpy(np.where(units >= 0, units, 0))[ok]
     out = torch.zeros(a.shape[0], n_units, dtype=torch.float64)
