@@ -13,8 +13,10 @@ from .graph import ChannelGraph, Group, ParamSlice
 from .io import load, save
 from .mask import mask
 from .pipeline import Pass, Pipeline
+from .prepare import Prepared, prepare
 from .rewrite import rewrite
 from .trace import trace
+from .training import TrainConfig
 from .validate import ValidationReport, validate
 
 __version__ = "0.1.0"
@@ -23,5 +25,6 @@ __all__ = [
     "ChannelGraph", "FxpruneError", "Group", "InputError", "ParamSlice", "Pass", "PassError", "Pipeline",
     "PlanError", "Report", "Result", "RewriteError", "TraceError", "UnsupportedOpError", "ValidationError",
     "ValidationReport", "analyze", "compile", "load", "mask", "rewrite", "save", "trace", "validate",
+    "Prepared", "TrainConfig", "prepare",
     "__version__",
 ]

@@ -41,6 +41,7 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     validation: str | None = None
     warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # method-specific (itpcc: target, reached, log)
 
     @property
     def macs_ratio(self) -> float:
@@ -67,6 +68,8 @@ class Report:
         lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()))
         if self.validation:
             lines.append(self.validation)
+        if self.details.get("summary"):
+            lines.append(self.details["summary"])
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -110,7 +113,12 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
     the returned module is in the same train/eval mode.
     """
     from .passes import Analyze, Rewrite, Validate
+    from .prepare import compile_trained, trained_methods
 
+    if method in trained_methods():  # prepare -> train -> finalize -> fine-tune -> validate
+        return compile_trained(model, example_inputs, method, {"sparsity": sparsity, **options}, validate=validate,
+                               rtol=rtol, strict=strict, leaf_modules=leaf_modules,
+                               concrete_args=concrete_args, callback=callback)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from .actgrad import ActGrad, LayerActGrad
 from .analyze import Analyze
+from .bep import BEP
+from .grasp import GraSP
 from .greedy_fs import LayerGreedyFS
 from .itpcc import ITPCC
 from .magnitude import L1
 from .random import LayerRandom, Random
 from .rewrite import Rewrite
 from .sampling import LayerSampling
+from .snip import SNIP
 from .submodular import Submodular
 from .taylor import Taylor
 from .validate import Validate
@@ -20,7 +23,9 @@ METHODS = {
     "layer_weightnorm": LayerWeightNorm, "layer_sampling": LayerSampling,
     "layer_greedy_fs": LayerGreedyFS, "layer_random": LayerRandom,
     "itpcc": ITPCC,
+    "bep": BEP, "snip": SNIP, "grasp": GraSP,
 }
 
 __all__ = ["Analyze", "L1", "Random", "Rewrite", "Taylor", "Validate", "METHODS", "Submodular", "ActGrad",
-           "LayerActGrad", "LayerWeightNorm", "LayerSampling", "LayerGreedyFS", "LayerRandom", "ITPCC"]
+           "LayerActGrad", "LayerWeightNorm", "LayerSampling", "LayerGreedyFS", "LayerRandom", "ITPCC",
+           "BEP", "SNIP", "GraSP"]
