@@ -255,7 +255,7 @@ def train_loop(model: nn.Module, config: TrainConfig, *, epochs: int | None = No
                     loss = loss + extra
                     sums[h.name] += float(extra.detach())
             if not torch.isfinite(loss):
-                raise InputError(f"{phase}: the loss became {float(loss)} at epoch {epoch}, step {steps}; "
+                raise InputError(f"{phase}: the loss became {float(loss.detach())} at epoch {epoch}, step {steps}; "
                                  f"lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,6 +15,23 @@ eval mode. gamma' is driven towards a target (``target_macs_ratio``,
 ``target_params_ratio``, else ``1 - sparsity`` of the gated units) by the feedback rule of
 ``itpcc_control``; ``adapt_gamma=False`` keeps gamma' fixed (the paper's setting).
 
+Design (see also ``itpcc_gates`` and ``itpcc_control``):
+
+- Gates sit where the units enter the next conv/linear layers (every consumer of the
+  group, one shared parameter set per unit), not on every tensor: a continuous gate on
+  conv -> BN -> ReLU would compound and could not be folded. Groups read by anything
+  else, or with normalisation members, stay whole and are reported.
+- The gate ``N(mu, sigma^2)`` is stored as ``(mu, log_alpha)``, ``sigma^2 = alpha mu^2``:
+  the same distribution and regulariser, but the KL term moves ``log_alpha`` only. In
+  the ``(mu, log sigma^2)`` form it also drags ``mu`` to 0, which a BN after the consumer
+  makes free for the task, and whole groups collapse at once. The gates get their own
+  Adam (betas 0.5, 0.999; ``gate_optimizer="same"`` puts them in the weights' optimizer at
+  the fixed ``lr_gates`` instead, the paper's setting), so ``log_alpha`` moves at a
+  bounded speed that the gamma' rule can steer.
+- gamma' / N_b starts at 1e-3 (``gamma`` overrides) and follows the PI rule of
+  ``itpcc_control``; ``threshold="target"`` picks the threshold that meets the target
+  exactly at finalize instead of 0.
+
 Needs: ``Analyze``, and training data: ``train=TrainConfig(...)`` (or a dict of its
 fields with ``data=`` batches). Guarantees (as a pass): the state's GraphModule holds
 the trained, folded weights and ``state.plan`` the kept units; run ``Rewrite`` next.
@@ -23,7 +40,6 @@ and ``fxprune.compile(model, x, "itpcc", train=...)`` adds fine-tuning and valid
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,6 +68,7 @@ from .itpcc_control import GammaController, Target, target_threshold
 from .itpcc_gates import GateSet, fold_gates, insert_gates, scs_sizes
 
 DEFAULT_WEIGHT = 1e-3  # gamma' / N_b when no gamma is given: the regulariser's weight per step and filter
+TOLERANCE = 0.05  # a reached cost further than this (relative) from the target gets a warning
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,7 @@ class ITPCC(Pass):
     target_params_ratio: float | None = None
     adapt_gamma: bool = True
     gamma: float | None = None
-    gamma_gain: float = 0.05
+    gamma_gain: float = 0.4
     gamma_p: float = 1.0
     lr_gates: float = 0.1
     gate_optimizer: str = "adam"
@@ -153,10 +170,11 @@ class ITPCC(Pass):
             raise PlanError("itpcc needs the channel analysis: run Analyze() before it")
         prepared = ITPCCPrepared(state.channel_graph, self)
         prepared.fit(self.train_config())
-        plan, folded = prepared.folded_model(prepared.resolve_threshold(None))
+        threshold = prepared.resolve_threshold(None)
+        plan, folded = prepared.folded_model(threshold)
         gm.load_state_dict(folded.state_dict())
         state.plan = plan
-        state.notes.append(prepared.summary(plan))
+        state.notes.append(prepared.summary(threshold, plan))
         return gm
 
 
@@ -388,6 +406,11 @@ class ITPCCPrepared(Prepared):
                         seconds=dict(self.timings))
         report.warnings += [f"itpcc: group {gid} stays whole: {why}" for gid, why in self.ungated.items()]
         report.details = self.details(t, plan, report)
+        reached = report.details["reached"][f"{self.target.measure}_ratio"]
+        aimed = self.options.adapt_gamma or threshold == "target" or self.options.threshold == "target"
+        if aimed and abs(reached - self.target.ratio) > TOLERANCE * self.target.ratio:
+            report.warnings.append(f"itpcc: reached {reached:.1%}, the target is {self.target}; train longer "
+                                   f"(the gates move at lr_gates per step) or finalize(threshold='target')")
         if validate:
             start = time.perf_counter()
             state_of(pruned).validation = onnx_validate(pruned, inputs, rtol=rtol)
@@ -406,16 +429,16 @@ class ITPCCPrepared(Prepared):
                          "units_ratio": kept / units},
              "gated_groups": sorted(self.gates), "ungated_groups": dict(self.ungated),
              "history": [dict(r) for r in self.history]}
-        d["summary"] = self.summary(plan, report)
+        d["summary"] = self.summary(threshold, plan, report)
         return d
 
-    def summary(self, plan: dict[str, list[int]], report: Report | None = None) -> str:
+    def summary(self, threshold: float, plan: dict[str, list[int]], report: Report | None = None) -> str:
+        """One line: target, reached cost, threshold, final gamma', gated groups."""
         masks = self._plan_masks(plan)
         reached = {"units": sum(int(m.sum()) for m in masks.values()) / sum(gs.units for gs in self.gates.values())}
         if report is not None:
             reached.update(macs=report.macs_ratio, params=report.params_ratio)
         else:
             reached[self.target.measure] = self.cost_ratio(masks)
-        shown = f"{reached[self.target.measure]:.1%}"
-        return (f"itpcc: target {self.target}, reached {shown} (threshold {self.gates[next(iter(self.gates))].threshold:g}, "
+        return (f"itpcc: target {self.target}, reached {reached[self.target.measure]:.1%} (threshold {threshold:g}, "
                 f"gamma' {self.gamma:.3g}); {len(self.gates)} groups gated, {len(self.ungated)} whole")

@@ -63,7 +63,7 @@ class Target:
 class GammaController:
     """The PI rule on ``log gamma'`` towards a cost target (see module doc)."""
 
-    def __init__(self, target: Target, gamma: float, gain: float = 0.05, p_gain: float = 1.0,
+    def __init__(self, target: Target, gamma: float, gain: float = 0.4, p_gain: float = 1.0,
                  horizon: int = HORIZON, band: float = BAND, gamma_min: float = 1e-10, gamma_max: float = 1e10):
         if not gamma > 0 or not gain > 0 or not p_gain >= 0:
             raise InputError(f"gamma and the gains must be positive, got {gamma!r}, {gain!r}, {p_gain!r}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from .commands import cmd_groups, cmd_prune, cmd_validate
 from .errors import PROG, one_line
-from .values import float_in, int_at_least, names, parse_shape, positive_float
+from .values import float_in, int_at_least, key_value, names, parse_shape, positive_float
 
 CHECKPOINT_HELP = (
     "a state_dict saved with torch.save(model.state_dict()) (needs --model), a tools/train.py "
@@ -158,7 +158,7 @@ def _add_prune(sub: argparse._SubParsersAction, parents: list) -> None:
 def _add_budget_options(p: argparse.ArgumentParser) -> None:
     """``prune``: method, sparsity, scope, rounding, ignored modules, calibration data."""
     p.add_argument("--method", default="l1", choices=methods(),
-                   help="pruning method (taylor needs --data)")
+                   help="pruning method (taylor and itpcc need --data)")
     p.add_argument("--sparsity", type=float_in(0.0, 1.0), default=0.5,
                    help="fraction of the units of each group (local) or of all groups (global) to remove, in [0, 1)")
     p.add_argument("--scope", choices=("local", "global"), default="local",
@@ -168,11 +168,15 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore", type=names, default=(), metavar="NAME,...",
                    help="comma-separated module names whose channels stay whole (e.g. fc)")
     p.add_argument("--data", metavar="NAME_OR_DIR", help=(
-        "calibration data for methods that need it (taylor): 'fashion-mnist' (fxprune.data.calibration; "
+        "calibration data for methods that need it (taylor; itpcc trains on it): 'fashion-mnist' (fxprune.data.calibration; "
         "needs the Fashion-MNIST files), 'bundled' (the 500 images shipped with fxprune) or a folder of "
         ".pt files each holding an (inputs, targets) batch (default: none)"))
     p.add_argument("--calibration-size", type=int_at_least(1), default=512, metavar="N",
                    help="number of calibration samples taken from --data")
+    p.add_argument("--option", dest="options", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="a method option, repeatable (values are Python literals or strings), e.g. for itpcc "
+                        "target_macs_ratio=0.5; methods that train (itpcc) also take fxprune.TrainConfig fields "
+                        "(epochs=3, finetune_epochs=1, lr=0.01, optimizer=adam ...) and train on --data")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:

@@ -99,7 +99,35 @@ def method_options(args: argparse.Namespace) -> dict:
         options["seed"] = args.seed
     if "progress" in fields:
         options["progress"] = sys.stderr.isatty()
+    options.update(extra_options(args.method, getattr(args, "options", [])))
     return options
+
+
+def extra_options(method: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs as typed options of ``method`` (TrainConfig fields go to
+    ``train`` for methods that train)."""
+    import ast
+
+    from fxprune.passes import METHODS
+    from fxprune.training import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(METHODS[method])} - {"data", "train", "loss_fn", "name"}
+    train_fields = TrainConfig.fields() - {"loader", "loss_fn", "eval_loader", "log"} \
+        if "train" in {f.name for f in dataclasses.fields(METHODS[method])} else set()
+    out: dict[str, Any] = {}
+    for key, text in pairs:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        if key in fields:
+            out[key] = value
+        elif key in train_fields:
+            out.setdefault("train", {})[key] = value
+        else:
+            known = ", ".join(sorted(fields | train_fields))
+            raise CLIError(f"--option {key}: method {method!r} has no such option; options: {known}")
+    return out
 
 
 def _compile(loaded: Loaded, inputs: tuple, args: argparse.Namespace, options: dict, dumper: PassDumper) -> Any:
@@ -265,6 +293,8 @@ def _print_summary(result: Any, loaded: Loaded, inputs: tuple, before: Any, late
           f"({sum(g.removed for g in pruned_groups)} units removed)")
     print(format_table(_summary_rows(result, before, latency, args), header=("", "before", "after", "after/before")))
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in rep.seconds.items()))
+    if rep.details.get("summary"):  # training-time methods: target and what was reached
+        print(rep.details["summary"])
     for w in rep.warnings:
         warn(w)
     written = [f"{where.out} ({human(where.out.stat().st_size)}B)"]

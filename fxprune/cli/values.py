@@ -63,3 +63,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def names(text: str) -> tuple[str, ...]:
     """``"fc, conv1"`` -> ``("fc", "conv1")`` (empty entries dropped)."""
     return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """``"target_macs_ratio=0.5"`` -> ``("target_macs_ratio", "0.5")``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE such as target_macs_ratio=0.5, got {text!r}")
+    return key.strip(), value.strip()
