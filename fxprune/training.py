@@ -105,6 +105,23 @@ class TrainConfig:
         return min(n, self.max_steps_per_epoch) if self.max_steps_per_epoch else n
 
 
+def train_config_from(method: str, train: Any, data: Any, loss_fn: Any, progress: bool) -> "TrainConfig":
+    """A method's ``train`` option as a TrainConfig (a dict is completed with ``data``, ``loss_fn``, ``progress``)."""
+    if isinstance(train, TrainConfig):
+        return train
+    fields = dict(train or {})
+    if data is None and "loader" not in fields:
+        raise InputError(f"method {method!r} trains: pass train=fxprune.TrainConfig(loader, ...) or "
+                         "data=<iterable of (inputs, targets) batches>")
+    unknown = sorted(set(fields) - TrainConfig.fields())
+    if unknown:
+        raise InputError(f"train has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(TrainConfig.fields()))}")
+    fields.setdefault("loader", data)
+    fields.setdefault("loss_fn", loss_fn)
+    fields.setdefault("progress", progress)
+    return TrainConfig(**fields)
+
+
 class Hook:
     """Extension points of ``train_loop`` (override what you need).
 

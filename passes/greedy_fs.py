@@ -37,12 +37,7 @@ class LayerGreedyFS(LayerwisePass):
 
     def prune(self, ctx: LayerwiseContext, counts: dict[str, int]) -> dict[str, list[int]]:
         ctx.__dict__["_fs_round"] = 1  # orders from now on see the earlier groups pruned
-        plan = {}
-        for g in ctx.groups:
-            kept = self.order(ctx, g, counts[g.id])[:counts[g.id]]
-            ctx.apply(g, kept, ctx.layerwise_problem(g) if self.reweight else None)
-            plan[g.id] = sorted(kept)
-        return plan
+        return super().prune(ctx, counts)
 
 
 def forward_selection(ctx: LayerwiseContext, group, k: int, chunk: int = 32) -> list[int]:

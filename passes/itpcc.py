@@ -61,7 +61,7 @@ from fxprune.prepare import Prepared, register
 from fxprune.report import count_macs, count_params
 from fxprune.rewrite import _copy_graph_module, rewrite
 from fxprune.state import state_of
-from fxprune.training import Hook, TrainConfig, train_loop
+from fxprune.training import Hook, TrainConfig, train_loop, train_config_from
 from fxprune.validate import validate as onnx_validate
 
 from .itpcc_control import GammaController, Target, target_threshold
@@ -150,19 +150,7 @@ class ITPCC(Pass):
 
     def train_config(self) -> TrainConfig:
         """``train`` as a TrainConfig (a dict is completed with ``data`` and ``loss_fn``)."""
-        if isinstance(self.train, TrainConfig):
-            return self.train
-        fields = dict(self.train or {})
-        if self.data is None and "loader" not in fields:
-            raise InputError("method 'itpcc' trains: pass train=fxprune.TrainConfig(loader, ...) or "
-                             "data=<iterable of (inputs, targets) batches>")
-        unknown = sorted(set(fields) - TrainConfig.fields())
-        if unknown:
-            raise InputError(f"train has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(TrainConfig.fields()))}")
-        fields.setdefault("loader", self.data)
-        fields.setdefault("loss_fn", self.loss_fn)
-        fields.setdefault("progress", self.progress)
-        return TrainConfig(**fields)
+        return train_config_from("itpcc", self.train, self.data, self.loss_fn, self.progress)
 
     def run(self, gm: fx.GraphModule) -> fx.GraphModule:
         state = require_state(gm, self.name)
