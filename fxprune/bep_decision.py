@@ -18,7 +18,17 @@ Monte-Carlo samples). Notation of the paper:
 * ``Delta(a, m_t) = E[rho_T(e_a v m_t, B_s) - rho_T(m_t, B_s)]`` (eq. 7): the utility
   of adding unit ``a`` to ``m_t``.
 * ``lambda``: the user's Lagrange multiplier (``lam``); ``lambda_t = lambda^(1 - e(t))``
-  (eq. 12) with ``e(t) = (T - t)||m_{t-1}||_0 / B_{t,c} - 1`` (eq. 13).
+  (eq. 12) with ``e(t) = (T - t)||m_t||_0 / B_{t,c} - 1`` (eq. 13).
+
+Which mask ``e(t)`` reads: eq. 13 writes ``||m_t||_0``, the mask being built. ``decide``
+evaluates it at the candidate mask ``m_t v e_a`` for every unit ``a`` past the
+affordable ones, so the penalty grows as the loop keeps units beyond what the budget
+pays for: ``e = 0`` (``lambda_t = lambda``) at the first unaffordable unit, ``e = 1``
+(``lambda_t = 1``) at twice the affordable count. Reading ``m_{t-1}`` instead (the mask
+known before the loop) makes ``e(T_0) = ||m_0||_0 / B_s - 1``, which is above 1 as soon
+as fewer than half the units are to survive: ``lambda_t`` is then 1 whatever ``lambda``,
+and the first decision cuts straight to ``B_s`` -- ``lambda`` would have no effect at
+the high sparsities the paper reports (its Table 3 shows that it does).
 """
 from __future__ import annotations
 
@@ -39,10 +49,10 @@ def _count(prev_kept: int | Tensor) -> int:
 
 def penalty_error(t: float, T: float, prev_kept: int | Tensor, budget_compute: float,
                   clip: tuple[float, float] = E_CLIP) -> float:
-    """``e(t) = (T - t)||m_{t-1}||_0 / B_{t,c} - 1`` (eq. 13), clipped to ``clip``.
+    """``e(t) = (T - t)||m_t||_0 / B_{t,c} - 1`` (eq. 13), clipped to ``clip``.
 
-    Eq. 13 writes ``||m_t||_0``; the mask being decided is unknown when ``lambda_t`` is
-    needed, so the previous mask's count is used. ``e(t) >= -1`` holds by construction;
+    ``prev_kept``: the mask (or its count) whose cost is measured; ``decide`` passes the
+    candidate mask (module doc). ``e(t) >= -1`` holds by construction;
     the paper states no upper bound, and this clips at ``+1`` so that the exponent
     ``1 - e(t)`` of eq. 12 stays in ``[0, 2]``: ``lambda_t`` stays between ``lambda^2``
     and ``1`` for ``lambda < 1`` instead of overflowing to ``lambda^-k`` when training is
@@ -133,14 +143,15 @@ def decide(mean: Tensor, samples: Tensor, *, budget_final: int, budget_compute: 
     the U units is still alive. Units are visited in descending ``mean`` (ties by
     index); unit ``a`` is kept if ``||m_t||_0 < B_s`` (hard floor), else if
     ``B_{t,c} - (T - t)||m_t||_0 > 0`` (still affordable), else if ``Delta(a, m_t) >
-    lambda_t (T - t)``; the first unit failing all three ends the loop.
+    lambda_t (T - t)`` with ``lambda_t`` evaluated at the candidate ``||m_t v e_a||_0``;
+    the first unit failing all three ends the loop. ``Delta`` is in the units of
+    ``samples``: the pass feeds saliency normalised per group (``passes/bep.py``).
 
     Guarantees: a bool mask ``m_t`` (U,), ``m_t <= m_{t-1}``, with at least
     ``min(B_s, ||m_{t-1}||_0)`` units; the kept units are the top of the order by mean.
     """
     alive = _check(mean, samples, budget_final, t, T, prev_kept)
     horizon = T - t
-    threshold = penalty(lam, t, T, _count(prev_kept), budget_compute, clip) * horizon
     order = [int(a) for a in torch.argsort(-mean, stable=True) if alive[a]]
     keep = torch.zeros_like(alive)
     top: _TopK | None = None
@@ -151,7 +162,7 @@ def decide(mean: Tensor, samples: Tensor, *, budget_final: int, budget_compute: 
         if top is None:
             top = _TopK(samples, keep, budget_final)
         s = samples[:, a]
-        if top.utility(s) > threshold:
+        if top.utility(s) > penalty(lam, t, T, count + 1, budget_compute, clip) * horizon:
             keep[a] = True
             top.add(s)
         else:

@@ -466,6 +466,16 @@ class SaliencyGP(gpytorch.Module):
         return self.preprocess.inverse(mean[:, 0], cov)
 
     @torch.no_grad()
+    def predict_path(self, times: Tensor) -> tuple[Tensor, Tensor]:
+        """Marginal predictive mean and standard deviation ``(U, S)`` of the noise-free
+        saliency at ``times`` (S,), in saliency units: the curves and bands of a plot
+        (the paper's Fig. 3). Costs ``O((U S)^3)``: keep ``U * S`` to a few thousand."""
+        mean, cov = self._posterior_model(times, observation_noise=False)
+        U, S = mean.shape
+        std = cov.diagonal().reshape(U, S).clamp_min(0).sqrt() / self.preprocess.slope.abs()[:, None]
+        return self.preprocess.inverse(mean.T)[0].T, std
+
+    @torch.no_grad()
     def sample(self, t_final: float, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples ``(n, U)`` of ``s_T`` from ``predict(t_final)`` (saliency units),
         drawn through the eigendecomposition of the covariance (clamped at 0)."""

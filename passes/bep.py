@@ -21,6 +21,14 @@ over the unit's tensors, averaged over the instrumentation batches. (A1 takes th
 absolute value per sample and divides by the spatial size; per batch it is cheaper,
 and the spatial size is a constant within a group, so decisions are unchanged.)
 
+Decision units: the utility ``Delta`` (eq. 7) is compared with ``lambda_t (T - t)`` on
+saliency rescaled per group so that its largest clipping bound (App. G.3) is 10, the
+scale of the MOGP's data, instead of raw ``|a . dL/da|``, whose size depends on the
+loss, the data and the layer; the ranking and the greedy top-``B_s`` are unchanged by
+the scale, only the meaning of ``lam`` becomes model-independent. ``lambda_t`` follows
+eq. 13 at the candidate mask (``fxprune.bep_decision``): ``lambda`` applies to the
+first unit the budget cannot pay for and the penalty rises to 1 at twice that count.
+
 Budgets: ``B_s`` per group from ``target_macs_ratio`` (one uniform keep fraction found
 by binary search with ``fxprune.cost.CostModel``), else ``units={gid: n}``, else
 ``sparsity``. Compute budget ``B_{t,c} = ||m_0||_0 T_0 + B_s (T - T_0)`` (Sec. 4.3),
@@ -77,6 +85,12 @@ from fxprune.validate import validate as onnx_validate
 
 from .grasp import grasp_scores
 from .taylor import _split_batch, _unit_gradient
+
+
+#: saliency is handed to the decision in units where the group's largest clipping bound
+#: (1.3 x the 95th percentile of its most salient unit, App. G.3) is 10: the scale the
+#: MOGP works in, so that ``lam`` means the same on every model, loss and group.
+DECISION_SCALE: float = 10.0
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
@@ -345,6 +359,8 @@ class BEPPrepared(Prepared):
         self.instrument = batches
         if o.lite:
             self._lite()
+        else:
+            self.log.append({"t": 0, "units": self.units()})
         n0 = self.units()
         self.budget_compute = {gid: n0[gid] * self.seed_len + self.final[gid] * (self.T - self.seed_len)
                                for gid in self.final}
@@ -445,6 +461,22 @@ class BEPPrepared(Prepared):
         state_of(pruned).plan = plan
         pruned.train(self.was_training)
         return Result(pruned, plan, report, self.graph, dict(self.source), [tuple(x.shape) for x in inputs])
+
+    def trace(self) -> dict[str, Any]:
+        """What the plots of ``fxprune.bep_plots`` need, JSON-ready: per group the bucketed
+        saliency series over the original units (``values`` (U, buckets), NaN once a unit is
+        pruned) and their ``times``; the schedule (``T``, ``seed_steps``, ``step``, the
+        ``decisions``' iterations), ``final_units`` and the ``log``."""
+        times = torch.tensor(self.times, dtype=torch.float64)
+        groups = {}
+        for gid, rows in self.measurements.items():
+            if rows:
+                bt, Y = bucket(times, torch.from_numpy(np.stack(rows, 1)), float(self.bucket_len))
+                groups[gid] = {"times": bt.tolist(), "values": Y.tolist()}
+        return {"T": self.T, "seed_steps": getattr(self, "seed_len", None), "step": getattr(self, "step_len", None),
+                "decisions": [e["t"] for e in self.log if "lambda_t" in e], "groups": groups,
+                "final_units": dict(self.final), "initial_units": {g: self.graph.group(g).units for g in self.final},
+                "log": [dict(e) for e in self.log], "lam": self.options.lam, "lite": self.options.lite}
 
     def flops_ratio(self) -> float:
         return self.flops / self.dense_flops if self.dense_flops else 1.0
@@ -555,9 +587,12 @@ class BEPPrepared(Prepared):
             if not (torch.isfinite(mean).all() and torch.isfinite(samples).all()):
                 raise InputError(f"bep: the saliency model of group {gid} predicts non-finite saliency at "
                                  f"iteration {self.t}")
-            keep = decide(mean, samples, budget_final=Bs, budget_compute=self.budget_compute[gid],
+            norm = DECISION_SCALE / float(gp.preprocess.upper.max())
+            keep = decide(mean * norm, samples * norm, budget_final=Bs, budget_compute=self.budget_compute[gid],
                           lam=self.options.lam, t=self.t, T=self.T, prev_kept=U)
-            entry["lambda_t"][gid] = penalty(self.options.lam, self.t, self.T, U, self.budget_compute[gid])
+            # lambda_t of the first unit refused (or of one more unit when all were kept)
+            entry["lambda_t"][gid] = penalty(self.options.lam, self.t, self.T, int(keep.sum()) + 1,
+                                             self.budget_compute[gid])
             self.timings["decide"] += time.perf_counter() - start
             idx = torch.nonzero(keep).squeeze(1)
             self.predictions.append({"t": self.t, "group": gid, "units": self.alive[gid].tolist(),

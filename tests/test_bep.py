@@ -43,7 +43,8 @@ def test_compile_bep_reaches_exact_units_and_validates(batches):
     assert r.report.macs_ratio <= 0.3 + 1e-6
     assert "ok" in r.report.validation
     assert 0 < d["train_flops_ratio"] < 1
-    assert d["log"][-1]["final"] and d["log"][0]["lambda_t"]
+    assert d["log"][0] == {"t": 0, "units": {g.id: g.units for g in r.graph.prunable_groups}}
+    assert d["log"][-1]["final"] and d["log"][1]["lambda_t"]
     assert _same(model, snap)
     assert r.module(batches[0][0]).shape == (50, 10)
     # the plan is in the original model's units: rewrite of the original gives the same shapes
@@ -171,3 +172,73 @@ def test_nan_saliency_is_input_error_and_leaves_nothing_half_pruned(batches):
 def test_bep_needs_training_data():
     with pytest.raises(fxprune.InputError, match="trains"):
         fxprune.compile(_model(), torch.randn(2, 1, 28, 28), method="bep")
+
+
+# ----------------------------------------------------------------------------- command line, benchmark tool
+def test_cli_prune_bep_trains_on_data(tmp_path):
+    from test_itpcc import run_cli
+
+    torch.save(_model().state_dict(), tmp_path / "lenet5.pt")
+    base = ["prune", tmp_path / "lenet5.pt", "--model", "lenet5", "--in-channels", "1", "--method", "bep",
+            "--latency-runs", "0", "--data", "bundled", "--calibration-size", "256"]
+    code, out, err = run_cli(base + ["--option", "epochs=12", "--option", "measure_every=1", "--option", "gp_iters=5",
+                                     "--option", "target_macs_ratio=0.3", "--out", tmp_path / "a.fxp"])
+    assert code == 0, err
+    assert "bep (target_macs_ratio=0.3" in out and "training FLOPs" in out
+    pruned = fxprune.load(tmp_path / "a.fxp")
+    assert fxprune.report.count_macs(pruned, (torch.randn(1, 1, 28, 28),)) <= 0.3 * fxprune.report.count_macs(
+        _model(), (torch.randn(1, 1, 28, 28),))
+    code, _, err = run_cli(base + ["--option", "epochs=1", "--out", tmp_path / "b.fxp"])   # seed period too short
+    assert code == 2 and "seed period" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b.fxp").exists()
+
+
+@pytest.fixture(scope="module")
+def bench_tool():
+    from conftest import load_tool
+
+    yield from load_tool("bench_bep")
+
+
+def test_bench_tool_tables_aggregate_seeds_and_skip_cut_lines(bench_tool, tmp_path):
+    def rec(method, budget, lam, seed, acc, flops):
+        return {"method": method, "macs_budget": budget, "lam": lam, "seed": seed, "test_acc": acc,
+                "train_flops_ratio": flops, "model": "bep_cnn", "epochs": 1, "train_images": 10}
+
+    lines = [rec("dense", 1.0, None, 0, 0.9, 1.0), rec("snip", 0.09, None, 0, 0.80, 0.09),
+             rec("snip", 0.09, None, 1, 0.82, 0.09), rec("bep", 0.09, 1e-4, 0, 0.85, 0.2)]
+    (tmp_path / "runs-0of2.jsonl").write_text("\n".join(map(__import__("json").dumps, lines[:3])) + "\n")
+    (tmp_path / "runs-1of2.jsonl").write_text(__import__("json").dumps(lines[3]) + "\n{\"method\": \"bep\", \"mac")
+    runs = bench_tool.load_runs(tmp_path)
+    assert len(runs) == 4
+    text = bench_tool.table(runs)
+    assert "| snip | - | 81.00 ± 1.41 (2) | 0.090 ± 0.000 (2) |" in text
+    assert "| bep | 0.0001 | 85.00 (1) | 0.200 (1) |" in text and "91% pruned" in text
+    configs = bench_tool.configs(bench_tool.main.__globals__["argparse"].Namespace(
+        methods="dense,bep,snip", lams="1e-2,1e-7", seeds="0,1", budgets="0.09,0.01"))
+    assert len(configs) == 2 * (1 + 2 * (2 + 1)) and configs[0]["method"] == "dense"
+
+
+def test_trace_and_plots(batches, tmp_path, monkeypatch):
+    import json
+
+    from fxprune import bep_plots
+
+    prepared = fxprune.prepare(_model(), batches[0][0][:2], method="bep", sparsity=0.5, lam=1e-7, **OPTS)
+    prepared.fit(fxprune.TrainConfig(batches, epochs=4, lr=0.05, progress=False))
+    trace = json.loads(json.dumps(prepared.trace()))                    # JSON-ready
+    assert trace["decisions"] and trace["T"] == 32
+    conv1 = np.asarray(trace["groups"]["conv1"]["values"], dtype=float)
+    assert conv1.shape[0] == 6 and np.isnan(conv1[:, -1]).sum() == 3    # pruned units stop being measured
+    f = bep_plots.forecast(trace, "conv1")
+    assert f["mean"].shape == f["std"].shape == (6, 24) and bool((f["std"] >= 0).all())
+    pytest.importorskip("matplotlib")
+    assert bep_plots.plot_saliency(trace, tmp_path / "s.png") == "conv1"
+    bep_plots.plot_units([("a", trace), ("b", trace)], tmp_path / "u.png", "title")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "u.png").stat().st_size > 0
+    with pytest.raises(fxprune.errors.InputError, match="no saliency series"):
+        bep_plots.forecast(trace, "nope")
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    with pytest.raises(bep_plots.MissingDependency, match="fxprune\\[plot\\]"):
+        bep_plots.plot_units([("a", trace)], tmp_path / "v.png")
+    assert not (tmp_path / "v.png").exists()

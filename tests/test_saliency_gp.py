@@ -133,6 +133,19 @@ def test_posterior_matches_dense_gp():
     torch.testing.assert_close(cov, want_cov)
 
 
+def test_predict_path_agrees_with_predict_at_each_time():
+    t, Y = decays(1, U=5, T=10)
+    model = SaliencyGP(t, Y, num_latents=2)
+    model.fit(max_iter=10)
+    times = torch.tensor([12.0, 25.0], dtype=D)
+    mean, std = model.predict_path(times)
+    assert mean.shape == std.shape == (5, 2)
+    for j, tj in enumerate(times.tolist()):
+        m, cov = model.predict(tj)
+        torch.testing.assert_close(mean[:, j], m)
+        torch.testing.assert_close(std[:, j], cov.diagonal().clamp_min(0).sqrt())
+
+
 # ---------------------------------------------- MOGP vs independent GPs (Table 2)
 class _IndependentGPs(gpytorch.models.ExactGP):
     """One GP per unit (batched), each with its own exponential kernel, scale, mean, noise."""
@@ -250,14 +263,14 @@ def _belief(U: int = 20, n: int = 4000, sd: float = 0.3, seed: int = 0):
 
 
 def _naive_decide(mean, samples, budget_final, budget_compute, lam, t, T, prev_kept):
-    """Algorithm 2 lines 10-20 with the floor, literally, through ``utility``."""
-    threshold = penalty(lam, t, T, prev_kept, budget_compute) * (T - t)
+    """Algorithm 2 lines 10-20 with the floor, literally, through ``utility``; eq. 13 at
+    the candidate mask."""
     mask = torch.zeros(len(mean), dtype=torch.bool)
     for a in torch.argsort(-mean, stable=True).tolist():
         count = int(mask.sum())
         if count < budget_final or budget_compute - (T - t) * count > 0:
             mask[a] = True
-        elif utility(samples, a, mask, budget_final) > threshold:
+        elif utility(samples, a, mask, budget_final) > penalty(lam, t, T, count + 1, budget_compute) * (T - t):
             mask[a] = True
         else:
             break
@@ -315,7 +328,7 @@ def test_huge_lambda_prunes_to_the_floor():
 
 
 def test_lambda_zero_keeps_every_unit_with_positive_utility():
-    # B_{t,c} = 150, T - t = 10, ||m_{t-1}|| = 20: the budget affords 15 units, e(t) = 1/3
+    # B_{t,c} = 150, T - t = 10: the budget affords 15 units; lambda_t = 0 below 30 units
     mean, samples = _belief(sd=1.0)             # every unit may end up among the best 5
     assert penalty(0.0, 90, 100, 20, 150) == 0.0
     mask = decide(mean, samples, budget_final=5, budget_compute=150, lam=0.0, t=90, T=100, prev_kept=20)
@@ -330,8 +343,8 @@ def test_lambda_zero_keeps_every_unit_with_positive_utility():
 @pytest.mark.parametrize("lam", [1e-6, 1e-5, 1e-4])
 @pytest.mark.parametrize("budget_final", [0, 9, 14])
 def test_decision_matches_algorithm_2_and_keeps_guarantees(lam, budget_final):
-    # 17 alive units, B_{t,c} = 115 affords 12 of them, e(t) = 0.48: lambda_t(T - t) is
-    # 0.007 .. 0.08, so that 0 to 5 units are kept for their utility
+    # 17 alive units, B_{t,c} = 115 affords 12 of them; the 13th..17th face
+    # lambda_t = lambda^(1 - e) with e = 10 * count / 115 - 1 in 0.13 .. 0.48
     mean, samples = _belief(seed=5, sd=0.5, n=2000)
     prev = torch.ones(20, dtype=torch.bool)
     prev[[1, 6, 13]] = False                                     # pruned before: must stay pruned
@@ -344,6 +357,21 @@ def test_decision_matches_algorithm_2_and_keeps_guarantees(lam, budget_final):
     sub = prev.nonzero().squeeze(1)
     want = _naive_decide(mean[sub], samples[:, sub], prev_kept=int(prev.sum()), **kwargs)
     assert torch.equal(mask[sub], want)
+
+
+def test_lambda_matters_when_most_units_must_go():
+    # the first decision of a 90%-pruning run: 100 units, B_s = 10, B_{t,c} = B_s (T - t).
+    # e(t) read at the candidate mask starts at 0 for the 11th unit, so lambda decides how
+    # many units beyond B_s survive (reading m_{t-1} gives e = 9 -> lambda_t = 1 for all).
+    g = torch.Generator().manual_seed(3)
+    mean = torch.linspace(10.0, 0.1, 100, dtype=D)
+    samples = mean + 2.0 * torch.randn(4000, 100, generator=g, dtype=D)
+    kept = [int(decide(mean, samples, budget_final=10, budget_compute=10 * 1000.0, lam=lam,
+                       t=1000, T=2000, prev_kept=100).sum()) for lam in (1e-2, 1e-4, 1e-7)]
+    assert kept[0] == 10                                  # lambda_t (T - t) >= 10 > any utility
+    assert 10 < kept[1] < kept[2] < 20                    # lambda_t reaches 1 at 2 B_s
+    assert penalty(1e-4, 1000, 2000, 11, 10 * 1000.0) == pytest.approx(1e-4 ** 0.9)
+    assert penalty(1e-4, 1000, 2000, 20, 10 * 1000.0) == pytest.approx(1.0)
 
 
 def test_decision_rejects_bad_inputs():

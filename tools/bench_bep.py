@@ -1,20 +1,37 @@
-"""Benchmark BEP (issue #7): BEP at several lambdas, BEP-LITE and pruning at init
-(Random / SNIP / GraSP) on the BEP CNN / Fashion-MNIST at MACs budgets ~91/96/99% pruned.
+#!/usr/bin/env python
+"""BEP benchmark (issue #7): Bayesian Early Pruning at several lambdas and BEP-LITE vs pruning
+at initialisation (Random / SNIP / GraSP) and dense training, on ``bep_cnn`` / Fashion-MNIST
+at inference-MACs budgets of ~91/96/99% pruned (the paper's Table 3 layout).
 
-Every run trains from the same seeded initialisation for ``--epochs`` and reports test
-accuracy, MACs/params after, training FLOPs (6 x forward MACs per sample, summed over
-the iterations actually run, vs the dense network), wall time and, for BEP, the MOGP +
-decision time as a share of training wall time. Results go to ``--out`` (JSON lines +
-a markdown table); ``--plot`` draws saliency curves with the MOGP mean and 95% band
-against later observations and the units per group over training (matplotlib optional).
+    python tools/bench_bep.py run --epochs 6 --seeds 0,1,2 --shard 0/2 &    # two processes,
+    python tools/bench_bep.py run --epochs 6 --seeds 0,1,2 --shard 1/2 &    # one core each
+    python tools/bench_bep.py report                                         # table + plots
+    python tools/bench_bep.py run --bundled --batch-size 8 --epochs 2 --budgets 0.2 --seeds 0 \\
+        --trace bep,0.2,1e-2,0 --out /tmp/bep_smoke && python tools/bench_bep.py report --out /tmp/bep_smoke
 
-Full run (slow on a CPU; data from ``fxprune.data``, offline ``--bundled`` for a smoke test)::
+Protocol, per seed (model initialisation and data order both seeded): every method trains
+``bep_cnn`` from the same initialisation for ``--epochs`` on the training split with SGD
+(Nesterov momentum 0.9, cosine learning rate from ``--lr``), batch ``--batch-size``:
 
-    python tools/bench_bep.py --model bep_cnn --budgets 0.09,0.04,0.01 --lams 1e-2,1e-4,1e-7 \
-        --methods bep,bep_lite,random,snip,grasp --seeds 0,1,2 --epochs 20 --batch-size 32 \
-        --out tools/results/bep --plot
+* **dense**: the unpruned network (the reference row).
+* **bep** (one row per ``--lams``): ``fxprune.prepare(method="bep", target_macs_ratio=b)`` +
+  ``fit``; the model is rewritten smaller at every decision and ends with exactly the
+  budget's units.
+* **bep_lite**: the same with ``lite=True`` (GraSP at initialisation to 2 B_s units per
+  group first), lambda = the first of ``--lams``.
+* **random / snip / grasp**: prune at initialisation to the same per-group unit counts as
+  BEP's final ones, then train the small network.
 
-Smoke: ``python tools/bench_bep.py --bundled --epochs 2 --budgets 0.2 --lams 1e-4 --seeds 0 --methods bep,snip``
+Reported per run: test accuracy (official test split), MACs after / dense, training FLOPs
+(6 x forward MACs per sample over the iterations run) / dense training, the saliency
+instrumentation's FLOPs, wall seconds and BEP's MOGP + decision time as a share of the
+training wall time. ``run`` appends one JSON line per finished run to
+``OUT/runs-<shard>.jsonl`` and skips runs already there (resumable; several shards run in
+parallel); ``report`` aggregates every ``runs-*.jsonl`` into ``OUT/summary.md`` (mean +- sd
+over seeds) and draws ``OUT/accuracy.png``, ``OUT/units.png`` and ``OUT/saliency.png`` (the
+paper's Fig. 3: one group's saliency with the MOGP's predictive mean and 95% band against
+the later observations; from ``OUT/trace.json``, saved by the ``--trace`` run). Threads
+default to 1 per process (a shared 2-core CPU).
 """
 from __future__ import annotations
 
@@ -22,40 +39,74 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import fxprune  # noqa: E402
-import fxprune.data  # noqa: E402
-import fxprune.passes  # noqa: E402
+import fxprune.data as fdata  # noqa: E402
 import fxprune.models as zoo  # noqa: E402
+import fxprune.passes  # noqa: E402
+from fxprune.bep_plots import MissingDependency, plot_saliency, plot_units, pyplot  # noqa: E402
+from fxprune.io import atomic_write  # noqa: E402
 from fxprune.passes.bep import final_counts  # noqa: E402
 from fxprune.passes.grasp import grasp_scores  # noqa: E402
 from fxprune.passes.snip import snip_scores  # noqa: E402
 from fxprune.report import count_macs, count_params  # noqa: E402
 from fxprune.training import TrainConfig, evaluate, train_loop  # noqa: E402
 
+PAI = ("random", "snip", "grasp")
+METHOD_ORDER = ("dense", "random", "snip", "grasp", "bep", "bep_lite")
 
-def data(args):
+
+# ----------------------------------------------------------------------------- runs
+def configs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every run of the benchmark, seed outermost (so that a cut-short benchmark has whole seeds)."""
+    methods = args.methods.split(",")
+    lams = [float(v) for v in args.lams.split(",")]
+    out = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        if "dense" in methods:
+            out.append({"method": "dense", "macs_budget": 1.0, "lam": None, "seed": seed})
+        for budget in (float(b) for b in args.budgets.split(",")):
+            for method in methods:
+                if method == "bep":
+                    out += [{"method": "bep", "macs_budget": budget, "lam": lam, "seed": seed} for lam in lams]
+                elif method != "dense":
+                    out.append({"method": method, "macs_budget": budget,
+                                "lam": lams[0] if method == "bep_lite" else None, "seed": seed})
+    return out
+
+
+def key(rec: dict[str, Any]) -> tuple:
+    return rec["method"], float(rec["macs_budget"]), rec.get("lam"), int(rec["seed"])
+
+
+def data(args: argparse.Namespace, seed: int):
+    """(train, test) loaders; the training order is seeded by the run's seed."""
     if args.bundled:
-        X, Y = fxprune.data.bundled().tensors
+        X, Y = fdata.bundled().tensors
         n = len(X) * 4 // 5
-        train = [(X[i:i + args.batch_size], Y[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
-        test = [(X[n:], Y[n:])]
-        return train, test
-    import fxprune.data as fd
-    train, _, test = fd.loaders(args.batch_size, seed=args.data_seed, train_subset=args.train_subset)
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=g)
+        train = [(X[order[i:i + args.batch_size]], Y[order[i:i + args.batch_size]])
+                 for i in range(0, n, args.batch_size)]
+        return train, [(X[n:], Y[n:])]
+    train, _, test = fdata.loaders(args.batch_size, seed=seed, train_subset=args.train_subset)
     return train, test
 
 
-def pai(method, model, x, train, counts, seed, loss_fn=None):
-    """Prune at init to ``counts`` units per group by random / snip / grasp scores."""
+def prune_at_init(method: str, model: torch.nn.Module, x: torch.Tensor, train, counts: dict[str, int],
+                  seed: int) -> torch.nn.Module:
+    """``model`` rewritten at initialisation to ``counts`` units per group by random / SNIP / GraSP."""
     graph = fxprune.analyze(model, x)
     groups = [graph.group(g) for g in counts]
     batches = [b for _, b in zip(range(4), train)]
@@ -63,141 +114,246 @@ def pai(method, model, x, train, counts, seed, loss_fn=None):
         rng = np.random.default_rng(seed)
         scores = {g.id: rng.random(g.units) for g in groups}
     elif method == "snip":
-        scores = snip_scores(model, graph, groups, batches, loss_fn)
+        scores = snip_scores(model, graph, groups, batches)
     else:
-        scores = grasp_scores(model, graph, groups, batches, loss_fn)
+        scores = grasp_scores(model, graph, groups, batches)
     plan = {g.id: sorted(np.argsort(-scores[g.id], kind="stable")[:counts[g.id]].tolist()) for g in groups}
     return fxprune.rewrite(model, graph, plan)
 
 
-def run_one(args, method, budget, lam, seed, train, test):
+def run_one(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:
+    """One run: its record, and the saliency trace when it is the ``--trace`` run."""
+    method, budget, seed = cfg["method"], cfg["macs_budget"], cfg["seed"]
+    train, test = data(args, seed)
     torch.manual_seed(seed)
     model = zoo.get(args.model, in_channels=1, num_classes=10)
     x = next(iter(train))[0][:2]
-    cfg = TrainConfig(train, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                      progress=args.progress, max_steps_per_epoch=args.max_steps)
+    config = TrainConfig(train, epochs=args.epochs, lr=args.lr, progress=args.progress,
+                         max_steps_per_epoch=args.max_steps)
     dense_macs = count_macs(fxprune.trace(model, (x,)), (x,)) / 2
+    rec: dict[str, Any] = dict(cfg, model=args.model, epochs=args.epochs, train_images=len(train.dataset)
+                               if hasattr(train, "dataset") else sum(len(b[1]) for b in train))
+    trace = None
     start = time.perf_counter()
-    rec = {"model": args.model, "method": method, "macs_budget": budget, "seed": seed, "epochs": args.epochs}
     if method in ("bep", "bep_lite"):
-        prepared = fxprune.prepare(model, x, method="bep", target_macs_ratio=budget, lam=lam,
+        prepared = fxprune.prepare(model, x, method="bep", target_macs_ratio=budget, lam=cfg["lam"],
                                    lite=method == "bep_lite", step=args.step, seed_steps=args.seed_steps,
-                                   measure_every=args.measure_every, bucket_width=args.bucket_width,
-                                   num_latents=args.num_latents, progress=args.progress, seed=seed)
-        prepared.fit(cfg)
-        result = prepared.finalize(validate=True)
-        net = result.module
-        rec.update(lam=lam, train_flops_ratio=prepared.flops_ratio(), overhead=prepared.overhead(),
-                   seconds_mogp=prepared.timings["mogp"], seconds_decide=prepared.timings["decide"],
-                   units=prepared.units(), log=prepared.log, predictions=prepared.predictions if args.plot else None,
-                   measurements={"times": prepared.times,
-                                 "values": {g: np.stack(v, 1).tolist() for g, v in prepared.measurements.items()}}
-                   if args.plot else None)
+                                   measure_every=args.measure_every, num_latents=args.num_latents,
+                                   progress=args.progress, seed=seed)
+        prepared.fit(config)
+        net = prepared.finalize(validate=True).module
+        dense = prepared.dense_flops
+        rec.update(train_flops_ratio=prepared.flops_ratio(), instrument_flops_ratio=prepared.instrument_flops / dense,
+                   overhead=prepared.overhead(), seconds_mogp=prepared.timings["mogp"],
+                   seconds_decide=prepared.timings["decide"], seconds_train=prepared.timings["train"],
+                   units=prepared.units(), log=[_slim(e) for e in prepared.log])
+        if args.trace and (method, budget, cfg["lam"], seed) == _trace_key(args):
+            trace = dict(prepared.trace(), **cfg)
     else:
-        graph = fxprune.analyze(model, x)
-        opts = fxprune.passes.METHODS["bep"](target_macs_ratio=budget)
-        counts = final_counts(graph, opts, (x,))
-        net = pai(method, model, x, train, counts, seed)
-        hist = train_loop(net, cfg, phase=method)
-        steps = sum(h["steps"] for h in hist)
-        macs = count_macs(net, (x,)) / 2
-        rec.update(train_flops_ratio=macs / dense_macs, units=counts, steps=steps)
+        if method == "dense":
+            net = model
+        else:
+            graph = fxprune.analyze(model, x)
+            counts = final_counts(graph, fxprune.passes.METHODS["bep"](target_macs_ratio=budget), (x,))
+            net = prune_at_init(method, model, x, train, counts, seed)
+        train_loop(net, config, phase=method)
+        rec.update(train_flops_ratio=count_macs(net, (x,)) / 2 / dense_macs, instrument_flops_ratio=0.0)
     rec["seconds"] = time.perf_counter() - start
     net.eval()
     rec["test_acc"] = evaluate(net, test)
     rec["macs_ratio"] = count_macs(net, (x,)) / 2 / dense_macs
     rec["params"] = count_params(net)
-    return rec
+    return rec, trace
 
 
-def plot(records, out: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plots", file=sys.stderr)
-        return
-    for i, rec in enumerate(r for r in records if r.get("predictions")):
-        times = np.asarray(rec["measurements"]["times"])
-        for p in rec["predictions"][:4]:
-            values = np.asarray(rec["measurements"]["values"][p["group"]])
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for j, u in enumerate(p["units"][:6]):
-                line, = ax.plot(times, values[u], lw=0.8)
-                m, s = p["mean"][j], p["std"][j]
-                ax.errorbar([rec["log"][-1]["t"]], [m], yerr=[1.96 * s], color=line.get_color(), capsize=3, fmt="o")
-            ax.axvline(p["t"], color="k", ls=":")
-            ax.set(title=f"{rec['method']} {p['group']} decision at t={p['t']}", xlabel="iteration", ylabel="saliency")
-            fig.savefig(out / f"saliency_{i}_{p['group']}_{p['t']}.png", dpi=120)
-            plt.close(fig)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for g in rec["units"]:
-            pts = [(e["t"], e["units"][g]) for e in rec["log"]]
-            ax.step(*zip(*pts), where="post", label=g)
-        ax.set(title=f"{rec['method']} lambda={rec.get('lam')} budget={rec['macs_budget']}", xlabel="iteration",
-               ylabel="units", yscale="log")
-        ax.legend()
-        fig.savefig(out / f"units_{i}.png", dpi=120)
-        plt.close(fig)
+def _slim(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k in ("t", "units", "lambda_t", "train_flops_ratio", "final", "lite")}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="bep_cnn")
-    ap.add_argument("--budgets", default="0.09,0.04,0.01", help="MACs kept ratios (0.09 = 91%% pruned)")
-    ap.add_argument("--lams", default="1e-2,1e-4,1e-7")
-    ap.add_argument("--methods", default="bep,bep_lite,random,snip,grasp")
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--max-steps", type=int, default=None, help="batches per epoch cap")
-    ap.add_argument("--train-subset", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--optimizer", default="sgd")
-    ap.add_argument("--step", type=int, default=None)
-    ap.add_argument("--seed-steps", type=int, default=None)
-    ap.add_argument("--measure-every", type=int, default=5)
-    ap.add_argument("--bucket-width", type=int, default=None)
-    ap.add_argument("--num-latents", type=int, default=4)
-    ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--bundled", action="store_true", help="use the 500 bundled images (offline smoke test)")
-    ap.add_argument("--progress", action="store_true")
-    ap.add_argument("--plot", action="store_true")
-    ap.add_argument("--out", default="tools/results/bep")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+def _trace_key(args: argparse.Namespace) -> tuple:
+    method, budget, lam, seed = args.trace.split(",")
+    return method, float(budget), float(lam), int(seed)
+
+
+def load_runs(out: Path) -> list[dict[str, Any]]:
+    """Every finished run in ``out/runs-*.jsonl`` (a line cut short by a kill is skipped)."""
+    runs = {}
+    for path in sorted(out.glob("runs-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            runs[key(rec)] = rec
+    return list(runs.values())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = data(args)
-    records = []
-    with open(out / "runs.jsonl", "w") as f:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            for budget in [float(b) for b in args.budgets.split(",")]:
-                for method in args.methods.split(","):
-                    lams = [float(v) for v in args.lams.split(",")] if method == "bep" else [float(args.lams.split(",")[0])]
-                    for lam in lams:
-                        rec = run_one(args, method, budget, lam, seed, train, test)
-                        records.append(rec)
-                        slim = {k: v for k, v in rec.items() if k not in ("log", "predictions", "measurements")}
-                        f.write(json.dumps(slim, default=float) + "\n")
-                        f.flush()
-                        print(f"{method:9s} budget {budget:.3f} lam {rec.get('lam', '-')!s:6s} seed {seed}: "
-                              f"acc {rec['test_acc']:.4f} MACs {rec['macs_ratio']:.3f} "
-                              f"train FLOPs {rec['train_flops_ratio']:.3f} of dense "
-                              f"{'MOGP+decision %.1f%% of wall ' % (100 * rec['overhead']) if 'overhead' in rec else ''}"
-                              f"({rec['seconds']:.1f}s)")
-    rows = ["| method | MACs budget | lambda | seed | test acc | MACs after | train FLOPs / dense | MOGP+dec % | s |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        ov = f"{100 * r['overhead']:.1f}" if "overhead" in r and not math.isnan(r["overhead"]) else "-"
-        rows.append(f"| {r['method']} | {r['macs_budget']} | {r.get('lam', '-')} | {r['seed']} | {r['test_acc']:.4f} | "
-                    f"{r['macs_ratio']:.3f} | {r['train_flops_ratio']:.3f} | {ov} | {r['seconds']:.1f} |")
-    (out / "summary.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
-    if args.plot:
-        plot(records, out)
+    index, count = (int(v) for v in args.shard.split("/"))
+    todo = [c for i, c in enumerate(configs(args)) if i % count == index]
+    done = {key(r) for r in load_runs(out)}
+    with open(out / f"runs-{index}of{count}.jsonl", "a") as f:
+        for cfg in todo:
+            if key(cfg) in done:
+                continue
+            rec, trace = run_one(args, cfg)
+            rec["command"] = "python tools/bench_bep.py " + shlex.join(sys.argv[1:])
+            if trace is not None:
+                atomic_write(out / "trace.json", lambda p: Path(p).write_text(json.dumps(trace)))
+            f.write(json.dumps(rec, default=float) + "\n")
+            f.flush()
+            print(_line(rec), flush=True)
     return 0
+
+
+def _line(r: dict[str, Any]) -> str:
+    lam = "-" if r.get("lam") is None else f"{r['lam']:g}"
+    extra = f" MOGP+decision {100 * r['overhead']:.1f}% of training wall" if "overhead" in r else ""
+    return (f"{r['method']:8s} budget {r['macs_budget']:.2f} lam {lam:5s} seed {r['seed']}: acc {r['test_acc']:.4f} "
+            f"MACs {r['macs_ratio']:.3f} train FLOPs {r['train_flops_ratio']:.3f}{extra} ({r['seconds']:.0f}s)")
+
+
+# ----------------------------------------------------------------------------- report
+def _rows(runs: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    seen = sorted({(r["method"], r.get("lam")) for r in runs},
+                  key=lambda ml: (METHOD_ORDER.index(ml[0]) if ml[0] in METHOD_ORDER else 99, -(ml[1] or 0)))
+    return seen
+
+
+def _stat(values: list[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "-"
+    m = float(np.mean(values))
+    return (fmt.format(m) + (" ± " + fmt.format(float(np.std(values, ddof=1))) if len(values) > 1 else "")
+            + f" ({len(values)})")
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """Table 3's layout: one row per method (and lambda), per budget test accuracy (%, mean ±
+    sd over seeds, seed count in brackets) and training FLOPs / dense."""
+    budgets = sorted({r["macs_budget"] for r in runs if r["method"] != "dense"}, reverse=True) or [1.0]
+    head = "| method | lambda | " + " | ".join(f"{100 * (1 - b):.0f}% pruned: acc % | train FLOPs" for b in budgets) + " |"
+    lines = [head, "|---|---|" + "---|---|" * len(budgets)]
+    for method, lam in _rows(runs):
+        cells = []
+        for b in budgets:
+            sel = [r for r in runs if r["method"] == method and r.get("lam") == lam
+                   and (method == "dense" or r["macs_budget"] == b)]
+            cells += [_stat([100 * r["test_acc"] for r in sel]),
+                      _stat([r["train_flops_ratio"] for r in sel], "{:.3f}") if sel else "-"]
+        lines.append(f"| {method} | {'-' if lam is None else f'{lam:g}'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(runs: list[dict[str, Any]]) -> str:
+    bep = [r for r in runs if "overhead" in r]
+    if not bep:
+        return ""
+    lines = ["| runs | MOGP+decision % of training wall (mean, max) | MOGP s | decision s | training s | "
+             "instrumentation FLOPs / dense training | reached MACs / budget (max) |", "|---|---|---|---|---|---|---|"]
+    ov = [100 * r["overhead"] for r in bep]
+    lines.append(f"| {len(bep)} | {np.mean(ov):.2f}, {np.max(ov):.2f} | {np.mean([r['seconds_mogp'] for r in bep]):.1f} | "
+                 f"{np.mean([r['seconds_decide'] for r in bep]):.2f} | {np.mean([r['seconds_train'] for r in bep]):.0f} | "
+                 f"{np.mean([r['instrument_flops_ratio'] for r in bep]):.3f} | "
+                 f"{max(r['macs_ratio'] / r['macs_budget'] for r in bep):.3f} |")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    runs = load_runs(out)
+    if not runs:
+        print(f"bench_bep: no runs in {out}/runs-*.jsonl", file=sys.stderr)
+        return 2
+    r0 = runs[0]
+    scale = (f"Scale: `{r0['model']}`, {r0['train_images']} training images, {r0['epochs']} epochs "
+             f"(batch {args.batch_size}), SGD; accuracy on the 10,000-image test split.")
+    commands = sorted({r.get("command", "") for r in runs})
+    text = ["# BEP on Fashion-MNIST (issue #7)", "", scale, "", "Commands: " + "; ".join(f"`{c}`" for c in commands),
+            "then `python tools/bench_bep.py report --out " + str(args.out) + "`.", "",
+            table(runs), "", "Cost of BEP's saliency model (all BEP and BEP-LITE runs):", "", cost_table(runs), ""]
+    atomic_write(out / "summary.md", lambda p: Path(p).write_text("\n".join(text)))
+    print("\n".join(text))
+    try:
+        plot_accuracy(runs, out / "accuracy.png")
+        plot_runs_units(runs, out / "units.png")
+        if (out / "trace.json").exists():
+            plot_saliency(json.loads((out / "trace.json").read_text()), out / "saliency.png")
+    except MissingDependency as exc:
+        print(f"bench_bep: {exc}: no plots", file=sys.stderr)
+    return 0
+
+
+def plot_accuracy(runs: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy vs MACs pruned (left) and vs training FLOPs (right), mean and sd over seeds."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, lam in _rows(runs):
+        label = method + ("" if lam is None or method == "bep_lite" else f" λ={lam:g}")
+        sel = [r for r in runs if r["method"] == method and r.get("lam") == lam]
+        if method == "dense":
+            acc = [100 * r["test_acc"] for r in sel]
+            left.axhline(np.mean(acc), color="k", ls=":", label=f"dense ({np.mean(acc):.1f}%)")
+            continue
+        budgets = sorted({r["macs_budget"] for r in sel}, reverse=True)
+        acc = [[100 * r["test_acc"] for r in sel if r["macs_budget"] == b] for b in budgets]
+        flops = [np.mean([r["train_flops_ratio"] for r in sel if r["macs_budget"] == b]) for b in budgets]
+        x = [100 * (1 - b) for b in budgets]
+        line = left.errorbar(x, [np.mean(a) for a in acc], yerr=[np.std(a) for a in acc], marker="o", capsize=3,
+                             label=label)
+        right.plot(flops, [np.mean(a) for a in acc], marker="o", color=line[0].get_color(), label=label)
+    left.set(xlabel="inference MACs pruned (%)", ylabel="test accuracy (%)", title="accuracy at the MACs budget")
+    right.set(xscale="log", xlabel="training FLOPs / dense training", ylabel="test accuracy (%)",
+              title="accuracy vs training cost")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_runs_units(runs: list[dict[str, Any]], path: Path) -> None:
+    """``fxprune.bep_plots.plot_units`` for every BEP run of the first seed at the tightest budget."""
+    seed = min(r["seed"] for r in runs)
+    bep = [r for r in runs if r.get("log") and r["seed"] == seed]
+    if not bep:
+        return
+    budget = min(r["macs_budget"] for r in bep)
+    bep = sorted((r for r in bep if r["macs_budget"] == budget), key=lambda r: (r["method"], -(r["lam"] or 0)))
+    graph = fxprune.analyze(zoo.get(bep[0]["model"], in_channels=1, num_classes=10), torch.zeros(1, 1, 28, 28))
+    initial = {g.id: g.units for g in graph.prunable_groups}
+    panels = [(f"{r['method']} λ={r['lam']:g}", {"final_units": r["units"], "log": r["log"], "initial_units": initial})
+              for r in bep]
+    plot_units(panels, path, f"units per group over training ({100 * (1 - budget):.0f}% MACs pruned, seed {seed})")
+
+
+# ----------------------------------------------------------------------------- cli
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=["run", "report"])
+    ap.add_argument("--model", default="bep_cnn")
+    ap.add_argument("--budgets", default="0.09,0.04,0.01", help="inference MACs kept (0.09 = 91%% pruned)")
+    ap.add_argument("--lams", default="1e-2,1e-4,1e-7")
+    ap.add_argument("--methods", default="dense,bep,bep_lite,random,snip,grasp")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--max-steps", type=int, default=None, help="cap on batches per epoch")
+    ap.add_argument("--train-subset", type=int, default=None, help="training images (default: the whole split)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--step", type=int, default=None, help="iterations between BEP decisions (default T/8)")
+    ap.add_argument("--seed-steps", type=int, default=None, help="BEP's seed period T_0 (default: step)")
+    ap.add_argument("--measure-every", type=int, default=5)
+    ap.add_argument("--num-latents", type=int, default=4)
+    ap.add_argument("--trace", default="bep,0.04,1e-4,0", help="method,budget,lam,seed whose saliency is saved")
+    ap.add_argument("--shard", default="0/1", help="i/n: run every n-th configuration starting at i")
+    ap.add_argument("--bundled", action="store_true", help="the 500 bundled images (offline smoke test)")
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--out", default="tools/results/bep")
+    args = ap.parse_args(argv)
+    return cmd_run(args) if args.command == "run" else cmd_report(args)
 
 
 if __name__ == "__main__":

@@ -287,7 +287,10 @@ def _print_summary(result: Any, loaded: Loaded, inputs: tuple, before: Any, late
 
     rep = result.report
     pruned_groups = [g for g in rep.groups if g.removed]
-    budget = f"sparsity {args.sparsity:g}, {args.scope}" + (f", round_to {args.round_to}" if args.round_to > 1 else "")
+    targets = [f"{k}={v}" for k, v in extra_options(args.method, getattr(args, "options", [])).items()
+               if k.startswith("target_") or k == "compression"]
+    budget = (", ".join(targets) if targets else f"sparsity {args.sparsity:g}") + f", {args.scope}" \
+        + (f", round_to {args.round_to}" if args.round_to > 1 else "")
     print(f"{loaded.label}: {args.method} ({budget}) on input {shape_text(inputs)}: "
           f"{len(pruned_groups)} of {len(rep.groups)} prunable groups pruned "
           f"({sum(g.removed for g in pruned_groups)} units removed)")

@@ -1,0 +1,116 @@
+"""Plots of a BEP run (issue #7), from ``BEPPrepared.trace()`` (a JSON-ready dict).
+
+* ``plot_saliency``: the paper's Fig. 3 -- one group's saliency series, a multi-output GP
+  fitted on the series up to the first decision, its predictive mean and 95% band from
+  there to the end of training, and the later observations of the units that survived.
+* ``plot_units``: units per group over training, one panel per run.
+
+Needs matplotlib (``pip install "fxprune[plot]"``); without it ``MissingDependency`` says
+so. Files are written atomically (``fxprune.io.atomic_write``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .errors import InputError
+from .io import atomic_write
+from .saliency_gp import SaliencyGP
+
+
+class MissingDependency(InputError):
+    """An optional dependency (matplotlib) is not installed."""
+
+
+def pyplot():
+    """matplotlib's pyplot with the Agg backend, or ``MissingDependency``."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependency('the BEP plots need matplotlib: pip install "fxprune[plot]"') from None
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def forecast(trace: Mapping[str, Any], group: str, points: int = 24) -> dict[str, torch.Tensor]:
+    """The MOGP of ``group`` fitted on its bucketed series up to the first decision and
+    predicted on ``points`` times from there to ``T``: ``times``, ``values`` (U, buckets),
+    ``seen`` (bool per bucket), ``grid``, ``mean`` and ``std`` (U, points)."""
+    if not trace.get("decisions"):
+        raise InputError("the trace holds no BEP decision (nothing was pruned by the saliency model)")
+    if group not in trace["groups"]:
+        raise InputError(f"group {group!r} has no saliency series; groups: {', '.join(trace['groups'])}")
+    times = torch.tensor(trace["groups"][group]["times"], dtype=torch.float64)
+    values = torch.tensor(trace["groups"][group]["values"], dtype=torch.float64)
+    t1 = float(trace["decisions"][0])
+    seen = times <= t1
+    if int(seen.sum()) < 2:
+        raise InputError(f"group {group!r} has fewer than 2 saliency buckets before the first decision")
+    gp = SaliencyGP(times[seen], values[:, seen])
+    gp.fit()
+    grid = torch.linspace(t1, float(trace["T"]), points, dtype=torch.float64)
+    mean, std = gp.predict_path(grid)
+    return {"times": times, "values": values, "seen": seen, "grid": grid, "mean": mean, "std": std}
+
+
+def plot_saliency(trace: Mapping[str, Any], path: str | os.PathLike, group: str | None = None,
+                  units_shown: int = 6) -> str:
+    """Fig. 3 for ``group`` (default: the group with the fewest units, whose joint
+    prediction is cheapest): half the units shown survived (their later observations are
+    dots), half were pruned at the first decision. Returns the group plotted."""
+    plt = pyplot()
+    group = group or min(trace["groups"], key=lambda g: len(trace["groups"][g]["values"]))
+    f = forecast(trace, group)
+    values, seen = f["values"], f["seen"]
+    survivors = [u for u in range(values.shape[0]) if torch.isfinite(values[u, -1])]
+    pruned = [u for u in range(values.shape[0]) if u not in survivors]
+    half = min(len(survivors), units_shown // 2)
+    shown = survivors[:half] + pruned[:units_shown - half]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for u in shown:
+        line, = ax.plot(f["times"][seen], values[u, seen], lw=1.2)
+        color = line.get_color()
+        later = ~seen & torch.isfinite(values[u])
+        ax.plot(f["times"][later], values[u, later], "o", ms=3, color=color)
+        ax.plot(f["grid"], f["mean"][u], "--", color=color)
+        ax.fill_between(f["grid"], f["mean"][u] - 1.96 * f["std"][u], f["mean"][u] + 1.96 * f["std"][u],
+                        color=color, alpha=0.15)
+    t1 = trace["decisions"][0]
+    ax.axvline(t1, color="k", ls=":", lw=0.8)
+    ax.set(xlabel="iteration", ylabel="Taylor saliency")
+    ax.set_title(f"group {group}: MOGP fitted up to the first decision (t={t1}); solid: data it saw, dashed and band: "
+                 f"predictive mean and 95%, dots: later observations of surviving units", fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return group
+
+
+def plot_units(runs: Sequence[tuple[str, Mapping[str, Any]]], path: str | os.PathLike, title: str = "") -> None:
+    """Units per group (log scale) over training iterations, one panel per ``(label, trace)``;
+    a log that starts at the first decision gets the trace's ``initial_units`` at t = 0."""
+    if not runs:
+        raise InputError("plot_units needs at least one run")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), sharey=True, squeeze=False)
+    for ax, (label, trace) in zip(axes[0], runs):
+        for gid in trace["final_units"]:
+            pts = [(e["t"], e["units"][gid]) for e in trace["log"] if gid in e.get("units", {})]
+            if (not pts or pts[0][0] > 0) and "initial_units" in trace:
+                pts.insert(0, (0, trace["initial_units"][gid]))
+            ax.step(*zip(*pts), where="post", label=gid)
+        ax.set(title=label, xlabel="iteration", yscale="log")
+    axes[0][0].set_ylabel("units")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
