@@ -42,7 +42,8 @@ def _save(fig: Any, path: str | os.PathLike) -> None:
 def forecast(trace: Mapping[str, Any], group: str, points: int = 24) -> dict[str, torch.Tensor]:
     """The MOGP of ``group`` fitted on its bucketed series up to the first decision and
     predicted on ``points`` times from there to ``T``: ``times``, ``values`` (U, buckets),
-    ``seen`` (bool per bucket), ``grid``, ``mean`` and ``std`` (U, points)."""
+    ``seen`` (bool per bucket), ``grid``, ``mean`` and ``std`` (U, points) of a new
+    (noisy) bucket measurement, comparable with the later observations."""
     if not trace.get("decisions"):
         raise InputError("the trace holds no BEP decision (nothing was pruned by the saliency model)")
     if group not in trace["groups"]:
@@ -50,23 +51,36 @@ def forecast(trace: Mapping[str, Any], group: str, points: int = 24) -> dict[str
     times = torch.tensor(trace["groups"][group]["times"], dtype=torch.float64)
     values = torch.tensor(trace["groups"][group]["values"], dtype=torch.float64)
     t1 = float(trace["decisions"][0])
-    seen = times <= t1
+    seen = (times <= t1) & torch.isfinite(values).all(0)   # a bucket straddling the decision has NaNs
     if int(seen.sum()) < 2:
         raise InputError(f"group {group!r} has fewer than 2 saliency buckets before the first decision")
     gp = SaliencyGP(times[seen], values[:, seen])
     gp.fit()
     grid = torch.linspace(t1, float(trace["T"]), points, dtype=torch.float64)
-    mean, std = gp.predict_path(grid)
+    mean, std = gp.predict_path(grid, observation_noise=True)
     return {"times": times, "values": values, "seen": seen, "grid": grid, "mean": mean, "std": std}
+
+
+def coverage(trace: Mapping[str, Any], group: str) -> tuple[int, int]:
+    """``(inside, survivors)``: how many units that survived to the end have their last
+    measured bucket inside the 95% band (observation noise included) that the first
+    decision's MOGP predicted for ``T``."""
+    f = forecast(trace, group, points=2)
+    last = f["values"][:, -1]
+    alive = torch.isfinite(last)
+    inside = (last - f["mean"][:, -1]).abs() <= 1.96 * f["std"][:, -1]
+    return int((inside & alive).sum()), int(alive.sum())
 
 
 def plot_saliency(trace: Mapping[str, Any], path: str | os.PathLike, group: str | None = None,
                   units_shown: int = 6) -> str:
-    """Fig. 3 for ``group`` (default: the group with the fewest units, whose joint
-    prediction is cheapest): half the units shown survived (their later observations are
-    dots), half were pruned at the first decision. Returns the group plotted."""
+    """Fig. 3 for ``group`` (default: the largest group of at most 64 units, whose joint
+    prediction stays cheap): half the units shown survived (their later observations are
+    dots; a run with ``measure_to_end=True`` has them), half were pruned at the first
+    decision. Returns the group plotted."""
     plt = pyplot()
-    group = group or min(trace["groups"], key=lambda g: len(trace["groups"][g]["values"]))
+    sizes = {g: len(v["values"]) for g, v in trace["groups"].items()}
+    group = group or max(sizes, key=lambda g: (sizes[g] <= 64, sizes[g] if sizes[g] <= 64 else -sizes[g]))
     f = forecast(trace, group)
     values, seen = f["values"], f["seen"]
     survivors = [u for u in range(values.shape[0]) if torch.isfinite(values[u, -1])]
@@ -85,8 +99,8 @@ def plot_saliency(trace: Mapping[str, Any], path: str | os.PathLike, group: str 
     t1 = trace["decisions"][0]
     ax.axvline(t1, color="k", ls=":", lw=0.8)
     ax.set(xlabel="iteration", ylabel="Taylor saliency")
-    ax.set_title(f"group {group}: MOGP fitted up to the first decision (t={t1}); solid: data it saw, dashed and band: "
-                 f"predictive mean and 95%, dots: later observations of surviving units", fontsize=7)
+    ax.set_title(f"group {group}: MOGP fitted up to the first decision (t={t1})\nsolid: data it saw; dashed and band: "
+                 f"predictive mean and 95% of a measurement; dots: later observations of surviving units", fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -466,11 +466,12 @@ class SaliencyGP(gpytorch.Module):
         return self.preprocess.inverse(mean[:, 0], cov)
 
     @torch.no_grad()
-    def predict_path(self, times: Tensor) -> tuple[Tensor, Tensor]:
-        """Marginal predictive mean and standard deviation ``(U, S)`` of the noise-free
-        saliency at ``times`` (S,), in saliency units: the curves and bands of a plot
-        (the paper's Fig. 3). Costs ``O((U S)^3)``: keep ``U * S`` to a few thousand."""
-        mean, cov = self._posterior_model(times, observation_noise=False)
+    def predict_path(self, times: Tensor, observation_noise: bool = False) -> tuple[Tensor, Tensor]:
+        """Marginal predictive mean and standard deviation ``(U, S)`` of the saliency at
+        ``times`` (S,), noise-free or (``observation_noise``) of a new measurement, in
+        saliency units: the curves and bands of a plot (the paper's Fig. 3). Costs
+        ``O((U S)^3)``: keep ``U * S`` to a few thousand."""
+        mean, cov = self._posterior_model(times, observation_noise=observation_noise)
         U, S = mean.shape
         std = cov.diagonal().reshape(U, S).clamp_min(0).sqrt() / self.preprocess.slope.abs()[:, None]
         return self.preprocess.inverse(mean.T)[0].T, std

@@ -78,7 +78,7 @@ from fxprune.pipeline import Pass, require_state
 from fxprune.prepare import Prepared, register
 from fxprune.report import count_macs, count_params
 from fxprune.rewrite import _copy_graph_module, rewrite
-from fxprune.saliency_gp import SaliencyGP, bucket
+from fxprune.saliency_gp import Preprocess, SaliencyGP, bucket
 from fxprune.state import state_of
 from fxprune.training import Hook, TrainConfig, make_optimizer, train_loop, train_config_from
 from fxprune.validate import validate as onnx_validate
@@ -86,6 +86,10 @@ from fxprune.validate import validate as onnx_validate
 from .grasp import grasp_scores
 from .taylor import _split_batch, _unit_gradient
 
+
+#: ``predictor`` values: the multi-output GP of the paper, or (an ablation) the latest
+#: bucket of measured saliency taken as the final one, with no uncertainty.
+PREDICTORS: tuple[str, ...] = ("mogp", "last")
 
 #: saliency is handed to the decision in units where the group's largest clipping bound
 #: (1.3 x the 95th percentile of its most salient unit, App. G.3) is 10: the scale the
@@ -108,6 +112,10 @@ class BEP(Pass):
     early). ``step``: iterations between decisions (default ``T // 8``); ``seed_steps``:
     ``T_0`` (default ``step``); ``bucket_width`` (default ``max(measure_every, T_0 // 8)``).
     ``total_steps``: ``T`` for ``prepare`` + your own loop (``fit`` derives it).
+    ``measure_to_end``: keep measuring saliency until ``T`` after every group reached ``B_s``
+    (the later observations of ``fxprune.bep_plots.plot_saliency``; costs the extra passes).
+    ``predictor="last"`` (an ablation) decides on the latest bucket of measured saliency
+    instead of the MOGP's prediction of the final one.
     """
 
     sparsity: float = 0.5
@@ -126,6 +134,8 @@ class BEP(Pass):
     instrument_batches: int = 2
     num_latents: int = 4
     gp_iters: int = 30
+    predictor: str = "mogp"
+    measure_to_end: bool = False
     samples: int = 512
     total_steps: int | None = None
     seed: int = 0
@@ -151,6 +161,8 @@ class BEP(Pass):
             _positive_int(name, getattr(self, name))
         for name in ("measure_every", "instrument_batches", "gp_iters", "samples"):
             _positive_int(name, getattr(self, name), allow_none=False)
+        if self.predictor not in PREDICTORS:
+            raise InputError(f"bep option predictor must be one of {', '.join(PREDICTORS)}, got {self.predictor!r}")
         if not isinstance(self.num_latents, int) or self.num_latents < 0:
             raise InputError(f"bep option num_latents must be an integer >= 0, got {self.num_latents!r}")
         if self.train is not None and not isinstance(self.train, (TrainConfig, Mapping)):
@@ -388,7 +400,7 @@ class BEPPrepared(Prepared):
         if t >= T:
             self._final_prune(optimizer)
             return self.module, optimizer
-        if t % self.options.measure_every == 0 and self._pending():
+        if t % self.options.measure_every == 0 and (self._pending() or self.options.measure_to_end):
             self._measure()
         if t >= self.seed_len and (t - self.seed_len) % self.step_len == 0 and self._pending():
             self._decide(optimizer)
@@ -573,21 +585,13 @@ class BEPPrepared(Prepared):
             if len(times) < 2:
                 continue
             start = time.perf_counter()
-            gp = SaliencyGP(times, Y, num_latents=min(self.options.num_latents, U))
-            init = self.gp_state.get(gid)
-            try:
-                gp.fit(max_iter=self.options.gp_iters, init=init)
-            except (RuntimeError, ValueError, KeyError):
-                gp = SaliencyGP(times, Y, num_latents=min(self.options.num_latents, U))
-                gp.fit(max_iter=self.options.gp_iters)
-            mean, cov = gp.predict(float(self.T))
-            samples = gp.sample(float(self.T), self.options.samples, generator=gen)
+            mean, cov, samples, upper = self._belief(gid, times, Y, gen)
             self.timings["mogp"] += time.perf_counter() - start
             start = time.perf_counter()
             if not (torch.isfinite(mean).all() and torch.isfinite(samples).all()):
                 raise InputError(f"bep: the saliency model of group {gid} predicts non-finite saliency at "
                                  f"iteration {self.t}")
-            norm = DECISION_SCALE / float(gp.preprocess.upper.max())
+            norm = DECISION_SCALE / upper
             keep = decide(mean * norm, samples * norm, budget_final=Bs, budget_compute=self.budget_compute[gid],
                           lam=self.options.lam, t=self.t, T=self.T, prev_kept=U)
             # lambda_t of the first unit refused (or of one more unit when all were kept)
@@ -598,7 +602,8 @@ class BEPPrepared(Prepared):
             self.predictions.append({"t": self.t, "group": gid, "units": self.alive[gid].tolist(),
                                      "mean": mean.tolist(), "std": cov.diagonal().clamp_min(0).sqrt().tolist(),
                                      "kept": self.alive[gid][idx.numpy()].tolist()})
-            self.gp_state[gid] = SaliencyGP.select_units(gp.state_dict(), idx)
+            if gid in self.gp_state:
+                self.gp_state[gid] = SaliencyGP.select_units(self.gp_state[gid], idx)
             if len(idx) < U:
                 keep_local[gid] = idx.numpy()
         self._prune(keep_local, optimizer)
@@ -606,6 +611,25 @@ class BEPPrepared(Prepared):
         entry["train_flops"], entry["train_flops_ratio"] = self.flops, self.flops_ratio()
         self.log.append(entry)
         self._say(entry)
+
+    def _belief(self, gid: str, times: torch.Tensor, Y: torch.Tensor, gen: torch.Generator):
+        """``(mean, cov, samples, largest clipping bound)`` of ``s_T`` for group ``gid``; the
+        MOGP's state is kept for the next decision's warm start."""
+        if self.options.predictor == "last":
+            mean = Y[:, -1].to(torch.float64)
+            upper = float(Preprocess.fit(times, Y).upper.max())
+            return mean, torch.zeros(len(mean), len(mean), dtype=torch.float64), mean[None], upper
+        U = Y.shape[0]
+        gp = SaliencyGP(times, Y, num_latents=min(self.options.num_latents, U))
+        try:
+            gp.fit(max_iter=self.options.gp_iters, init=self.gp_state.get(gid))
+        except (RuntimeError, ValueError, KeyError):
+            gp = SaliencyGP(times, Y, num_latents=min(self.options.num_latents, U))
+            gp.fit(max_iter=self.options.gp_iters)
+        mean, cov = gp.predict(float(self.T))
+        samples = gp.sample(float(self.T), self.options.samples, generator=gen)
+        self.gp_state[gid] = gp.state_dict()
+        return mean, cov, samples, float(gp.preprocess.upper.max())
 
     def _final_prune(self, optimizer) -> None:
         keep_local = {}

@@ -224,16 +224,18 @@ def test_trace_and_plots(batches, tmp_path, monkeypatch):
 
     from fxprune import bep_plots
 
-    prepared = fxprune.prepare(_model(), batches[0][0][:2], method="bep", sparsity=0.5, lam=1e-7, **OPTS)
+    prepared = fxprune.prepare(_model(), batches[0][0][:2], method="bep", sparsity=0.5, lam=1e-7,
+                               measure_to_end=True, **OPTS)
     prepared.fit(fxprune.TrainConfig(batches, epochs=4, lr=0.05, progress=False))
     trace = json.loads(json.dumps(prepared.trace()))                    # JSON-ready
     assert trace["decisions"] and trace["T"] == 32
     conv1 = np.asarray(trace["groups"]["conv1"]["values"], dtype=float)
+    assert trace["groups"]["conv1"]["times"][-1] > trace["decisions"][-1]   # measured after the last decision
     assert conv1.shape[0] == 6 and np.isnan(conv1[:, -1]).sum() == 3    # pruned units stop being measured
     f = bep_plots.forecast(trace, "conv1")
     assert f["mean"].shape == f["std"].shape == (6, 24) and bool((f["std"] >= 0).all())
     pytest.importorskip("matplotlib")
-    assert bep_plots.plot_saliency(trace, tmp_path / "s.png") == "conv1"
+    assert bep_plots.plot_saliency(trace, tmp_path / "s.png") == "conv2"    # the largest group of <= 64 units
     bep_plots.plot_units([("a", trace), ("b", trace)], tmp_path / "u.png", "title")
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "u.png").stat().st_size > 0
     with pytest.raises(fxprune.errors.InputError, match="no saliency series"):
@@ -242,3 +244,12 @@ def test_trace_and_plots(batches, tmp_path, monkeypatch):
     with pytest.raises(bep_plots.MissingDependency, match="fxprune\\[plot\\]"):
         bep_plots.plot_units([("a", trace)], tmp_path / "v.png")
     assert not (tmp_path / "v.png").exists()
+
+
+def test_last_saliency_predictor_ablation(batches):
+    cfg = fxprune.TrainConfig(batches, epochs=4, lr=0.05, progress=False)
+    r = fxprune.compile(_model(), batches[0][0][:2], method="bep", train=cfg, sparsity=0.5, predictor="last", **OPTS)
+    assert {g.id: g.kept for g in r.report.groups} == r.report.details["final_units"]
+    assert r.report.seconds["mogp"] < 0.5
+    with pytest.raises(fxprune.errors.InputError, match="predictor"):
+        fxprune.compile(_model(), batches[0][0][:2], method="bep", train=cfg, predictor="oracle")

@@ -5,9 +5,11 @@ at inference-MACs budgets of ~91/96/99% pruned (the paper's Table 3 layout).
 
     python tools/bench_bep.py run --epochs 6 --seeds 0,1,2 --shard 0/2 &    # two processes,
     python tools/bench_bep.py run --epochs 6 --seeds 0,1,2 --shard 1/2 &    # one core each
+    python tools/bench_bep.py run --epochs 6 --methods bep_last --tag last- # ablation rows
+    python tools/bench_bep.py trace --epochs 6 --methods bep --budgets 0.04 --lams 1e-4 --seeds 0
     python tools/bench_bep.py report                                         # table + plots
     python tools/bench_bep.py run --bundled --batch-size 8 --epochs 2 --budgets 0.2 --seeds 0 \\
-        --trace bep,0.2,1e-2,0 --out /tmp/bep_smoke && python tools/bench_bep.py report --out /tmp/bep_smoke
+        --out /tmp/bep_smoke && python tools/bench_bep.py report --out /tmp/bep_smoke     # smoke test
 
 Protocol, per seed (model initialisation and data order both seeded): every method trains
 ``bep_cnn`` from the same initialisation for ``--epochs`` on the training split with SGD
@@ -19,6 +21,8 @@ Protocol, per seed (model initialisation and data order both seeded): every meth
   budget's units.
 * **bep_lite**: the same with ``lite=True`` (GraSP at initialisation to 2 B_s units per
   group first), lambda = the first of ``--lams``.
+* **bep_last** (an ablation, not in the default ``--methods``): BEP's schedule deciding on
+  the latest bucket of measured saliency instead of the MOGP's prediction.
 * **random / snip / grasp**: prune at initialisation to the same per-group unit counts as
   BEP's final ones, then train the small network.
 
@@ -26,11 +30,12 @@ Reported per run: test accuracy (official test split), MACs after / dense, train
 (6 x forward MACs per sample over the iterations run) / dense training, the saliency
 instrumentation's FLOPs, wall seconds and BEP's MOGP + decision time as a share of the
 training wall time. ``run`` appends one JSON line per finished run to
-``OUT/runs-<shard>.jsonl`` and skips runs already there (resumable; several shards run in
-parallel); ``report`` aggregates every ``runs-*.jsonl`` into ``OUT/summary.md`` (mean +- sd
+``OUT/runs-<tag><shard>.jsonl`` and skips runs already there (resumable; several shards run
+in parallel); ``trace`` makes one BEP run that keeps measuring saliency to the end and saves
+``OUT/trace.json``; ``report`` aggregates every ``runs-*.jsonl`` into ``OUT/summary.md`` (mean +- sd
 over seeds) and draws ``OUT/accuracy.png``, ``OUT/units.png`` and ``OUT/saliency.png`` (the
 paper's Fig. 3: one group's saliency with the MOGP's predictive mean and 95% band against
-the later observations; from ``OUT/trace.json``, saved by the ``--trace`` run). Threads
+the later observations, from ``OUT/trace.json``). Threads
 default to 1 per process (a shared 2-core CPU).
 """
 from __future__ import annotations
@@ -55,7 +60,7 @@ import fxprune  # noqa: E402
 import fxprune.data as fdata  # noqa: E402
 import fxprune.models as zoo  # noqa: E402
 import fxprune.passes  # noqa: E402
-from fxprune.bep_plots import MissingDependency, plot_saliency, plot_units, pyplot  # noqa: E402
+from fxprune.bep_plots import MissingDependency, coverage, plot_saliency, plot_units, pyplot  # noqa: E402
 from fxprune.io import atomic_write  # noqa: E402
 from fxprune.passes.bep import final_counts  # noqa: E402
 from fxprune.passes.grasp import grasp_scores  # noqa: E402
@@ -64,7 +69,8 @@ from fxprune.report import count_macs, count_params  # noqa: E402
 from fxprune.training import TrainConfig, evaluate, train_loop  # noqa: E402
 
 PAI = ("random", "snip", "grasp")
-METHOD_ORDER = ("dense", "random", "snip", "grasp", "bep", "bep_lite")
+METHOD_ORDER = ("dense", "random", "snip", "grasp", "bep", "bep_lite", "bep_last")
+BEP_METHODS = ("bep", "bep_lite", "bep_last")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -82,7 +88,7 @@ def configs(args: argparse.Namespace) -> list[dict[str, Any]]:
                     out += [{"method": "bep", "macs_budget": budget, "lam": lam, "seed": seed} for lam in lams]
                 elif method != "dense":
                     out.append({"method": method, "macs_budget": budget,
-                                "lam": lams[0] if method == "bep_lite" else None, "seed": seed})
+                                "lam": lams[0] if method in BEP_METHODS else None, "seed": seed})
     return out
 
 
@@ -121,8 +127,8 @@ def prune_at_init(method: str, model: torch.nn.Module, x: torch.Tensor, train, c
     return fxprune.rewrite(model, graph, plan)
 
 
-def run_one(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:
-    """One run: its record, and the saliency trace when it is the ``--trace`` run."""
+def run_one(args: argparse.Namespace, cfg: dict[str, Any], trace: bool = False) -> tuple[dict[str, Any], dict | None]:
+    """One run: its record, and (``trace``: BEP measuring to the end) its saliency trace."""
     method, budget, seed = cfg["method"], cfg["macs_budget"], cfg["seed"]
     train, test = data(args, seed)
     torch.manual_seed(seed)
@@ -133,13 +139,14 @@ def run_one(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, An
     dense_macs = count_macs(fxprune.trace(model, (x,)), (x,)) / 2
     rec: dict[str, Any] = dict(cfg, model=args.model, epochs=args.epochs, train_images=len(train.dataset)
                                if hasattr(train, "dataset") else sum(len(b[1]) for b in train))
-    trace = None
+    saved = None
     start = time.perf_counter()
-    if method in ("bep", "bep_lite"):
+    if method in BEP_METHODS:
         prepared = fxprune.prepare(model, x, method="bep", target_macs_ratio=budget, lam=cfg["lam"],
-                                   lite=method == "bep_lite", step=args.step, seed_steps=args.seed_steps,
+                                   lite=method == "bep_lite", predictor="last" if method == "bep_last" else "mogp",
+                                   step=args.step, seed_steps=args.seed_steps,
                                    measure_every=args.measure_every, num_latents=args.num_latents,
-                                   progress=args.progress, seed=seed)
+                                   progress=args.progress, seed=seed, measure_to_end=trace)
         prepared.fit(config)
         net = prepared.finalize(validate=True).module
         dense = prepared.dense_flops
@@ -147,8 +154,8 @@ def run_one(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, An
                    overhead=prepared.overhead(), seconds_mogp=prepared.timings["mogp"],
                    seconds_decide=prepared.timings["decide"], seconds_train=prepared.timings["train"],
                    units=prepared.units(), log=[_slim(e) for e in prepared.log])
-        if args.trace and (method, budget, cfg["lam"], seed) == _trace_key(args):
-            trace = dict(prepared.trace(), **cfg)
+        if trace:
+            saved = dict(prepared.trace(), **cfg)
     else:
         if method == "dense":
             net = model
@@ -163,16 +170,11 @@ def run_one(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[dict[str, An
     rec["test_acc"] = evaluate(net, test)
     rec["macs_ratio"] = count_macs(net, (x,)) / 2 / dense_macs
     rec["params"] = count_params(net)
-    return rec, trace
+    return rec, saved
 
 
 def _slim(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k in ("t", "units", "lambda_t", "train_flops_ratio", "final", "lite")}
-
-
-def _trace_key(args: argparse.Namespace) -> tuple:
-    method, budget, lam, seed = args.trace.split(",")
-    return method, float(budget), float(lam), int(seed)
 
 
 def load_runs(out: Path) -> list[dict[str, Any]]:
@@ -195,17 +197,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     index, count = (int(v) for v in args.shard.split("/"))
     todo = [c for i, c in enumerate(configs(args)) if i % count == index]
     done = {key(r) for r in load_runs(out)}
-    with open(out / f"runs-{index}of{count}.jsonl", "a") as f:
+    with open(out / f"runs-{args.tag}{index}of{count}.jsonl", "a") as f:
         for cfg in todo:
             if key(cfg) in done:
                 continue
-            rec, trace = run_one(args, cfg)
+            rec, _ = run_one(args, cfg)
             rec["command"] = "python tools/bench_bep.py " + shlex.join(sys.argv[1:])
-            if trace is not None:
-                atomic_write(out / "trace.json", lambda p: Path(p).write_text(json.dumps(trace)))
             f.write(json.dumps(rec, default=float) + "\n")
             f.flush()
             print(_line(rec), flush=True)
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """One BEP run (the first of ``--methods``, ``--budgets``, ``--lams``, ``--seeds``) that keeps
+    measuring saliency to the end: ``OUT/trace.json`` for the Fig. 3 plot of ``report``."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    method = args.methods.split(",")[0]
+    if method not in BEP_METHODS:
+        print(f"bench_bep trace: the first of --methods must be one of {', '.join(BEP_METHODS)}", file=sys.stderr)
+        return 2
+    cfg = {"method": method, "macs_budget": float(args.budgets.split(",")[0]), "lam": float(args.lams.split(",")[0]),
+           "seed": int(args.seeds.split(",")[0])}
+    rec, trace = run_one(args, cfg, trace=True)
+    trace["record"] = rec
+    trace["command"] = "python tools/bench_bep.py " + shlex.join(sys.argv[1:])
+    atomic_write(out / "trace.json", lambda p: Path(p).write_text(json.dumps(trace, default=float)))
+    print(_line(rec), flush=True)
     return 0
 
 
@@ -249,7 +269,7 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def cost_table(runs: list[dict[str, Any]]) -> str:
-    bep = [r for r in runs if "overhead" in r]
+    bep = [r for r in runs if "overhead" in r and r["method"] != "bep_last"]  # bep_last fits no MOGP
     if not bep:
         return ""
     lines = ["| runs | MOGP+decision % of training wall (mean, max) | MOGP s | decision s | training s | "
@@ -274,7 +294,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     commands = sorted({r.get("command", "") for r in runs})
     text = ["# BEP on Fashion-MNIST (issue #7)", "", scale, "", "Commands: " + "; ".join(f"`{c}`" for c in commands),
             "then `python tools/bench_bep.py report --out " + str(args.out) + "`.", "",
-            table(runs), "", "Cost of BEP's saliency model (all BEP and BEP-LITE runs):", "", cost_table(runs), ""]
+            table(runs), "", "Cost of BEP's saliency model (all BEP and BEP-LITE runs; MOGP s and decision s are per run):", "", cost_table(runs), ""]
+    if (out / "trace.json").exists():
+        text += forecast_lines(json.loads((out / "trace.json").read_text()))
     atomic_write(out / "summary.md", lambda p: Path(p).write_text("\n".join(text)))
     print("\n".join(text))
     try:
@@ -287,12 +309,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def forecast_lines(trace: dict[str, Any]) -> list[str]:
+    """How well the first decision's MOGP forecast the end of training, per group of <= 64 units."""
+    lines = [f"Forecast check (`{trace['command']}`): the MOGP fitted at the first decision (t={trace['decisions'][0]} "
+             f"of T={trace['T']}); units that survived to T whose last measured saliency lies inside the predicted "
+             f"95% band at T:", ""]
+    for gid, g in trace["groups"].items():
+        if len(g["values"]) <= 64:
+            inside, alive = coverage(trace, gid)
+            lines.append(f"- {gid}: {inside} of {alive}")
+    return lines + [""]
+
+
 def plot_accuracy(runs: list[dict[str, Any]], path: Path) -> None:
     """Test accuracy vs MACs pruned (left) and vs training FLOPs (right), mean and sd over seeds."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method, lam in _rows(runs):
-        label = method + ("" if lam is None or method == "bep_lite" else f" λ={lam:g}")
+        label = method + (f" λ={lam:g}" if method == "bep" else "")
         sel = [r for r in runs if r["method"] == method and r.get("lam") == lam]
         if method == "dense":
             acc = [100 * r["test_acc"] for r in sel]
@@ -305,7 +339,13 @@ def plot_accuracy(runs: list[dict[str, Any]], path: Path) -> None:
         line = left.errorbar(x, [np.mean(a) for a in acc], yerr=[np.std(a) for a in acc], marker="o", capsize=3,
                              label=label)
         right.plot(flops, [np.mean(a) for a in acc], marker="o", color=line[0].get_color(), label=label)
-    left.set(xlabel="inference MACs pruned (%)", ylabel="test accuracy (%)", title="accuracy at the MACs budget")
+    means = [100 * np.mean([r["test_acc"] for r in runs if (r["method"], r.get("lam"), r["macs_budget"]) == c])
+             for c in {(r["method"], r.get("lam"), r["macs_budget"]) for r in runs}]
+    floor = min(m for m in means if m >= np.median(means) - 15) - 2    # a collapsed run is left off the axes
+    for ax in (left, right):
+        ax.set_ylim(bottom=floor)
+    left.set(xlabel="inference MACs pruned (%)", ylabel="test accuracy (%)",
+             title=f"accuracy at the MACs budget (axis from {floor:.0f}%)")
     right.set(xscale="log", xlabel="training FLOPs / dense training", ylabel="test accuracy (%)",
               title="accuracy vs training cost")
     left.legend(fontsize=7)
@@ -332,7 +372,7 @@ def plot_runs_units(runs: list[dict[str, Any]], path: Path) -> None:
 # ----------------------------------------------------------------------------- cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["run", "report"])
+    ap.add_argument("command", choices=["run", "trace", "report"])
     ap.add_argument("--model", default="bep_cnn")
     ap.add_argument("--budgets", default="0.09,0.04,0.01", help="inference MACs kept (0.09 = 91%% pruned)")
     ap.add_argument("--lams", default="1e-2,1e-4,1e-7")
@@ -347,13 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-steps", type=int, default=None, help="BEP's seed period T_0 (default: step)")
     ap.add_argument("--measure-every", type=int, default=5)
     ap.add_argument("--num-latents", type=int, default=4)
-    ap.add_argument("--trace", default="bep,0.04,1e-4,0", help="method,budget,lam,seed whose saliency is saved")
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th configuration starting at i")
+    ap.add_argument("--tag", default="", help="prefix of this run's file name, runs-TAG<i>of<n>.jsonl")
     ap.add_argument("--bundled", action="store_true", help="the 500 bundled images (offline smoke test)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--out", default="tools/results/bep")
     args = ap.parse_args(argv)
-    return cmd_run(args) if args.command == "run" else cmd_report(args)
+    return {"run": cmd_run, "trace": cmd_trace, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":
