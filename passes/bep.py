@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
@@ -74,7 +73,8 @@ from fxprune.cost import CostModel
 from fxprune.errors import InputError, PlanError
 from fxprune.graph import ChannelGraph
 from fxprune.mask import gate_key, mask
-from fxprune.pipeline import Pass, require_state
+from fxprune.optim_state import apply_optimizer_state, param_cuts, sliced_optimizer_state
+from fxprune.pipeline import Pass
 from fxprune.prepare import Prepared, register
 from fxprune.report import count_macs, count_params
 from fxprune.rewrite import _copy_graph_module, rewrite
@@ -231,65 +231,6 @@ class _Live(nn.Module):
 
     def forward(self, *args: Any) -> Any:
         return self.gm(*args)
-
-
-def param_cuts(graph: ChannelGraph, plan: Mapping[str, list[int]]) -> dict[str, list[tuple[int, np.ndarray]]]:
-    """``{parameter/buffer name: [(dim, kept indices)]}``: what ``rewrite(graph, plan)`` slices."""
-    removed = graph.removed_labels(dict(plan))
-    cuts: dict[tuple[str, int], np.ndarray] = {}
-    for gid in plan:
-        for key in graph.group(gid).spaces:
-            if key[0] == "p" and (key[1], key[2]) not in cuts:
-                idx = graph.kept_index(key, removed)
-                if idx is not None:
-                    cuts[(key[1], key[2])] = idx
-    out: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
-    for (name, dim), idx in cuts.items():
-        out[name].append((dim, idx))
-    return dict(out)
-
-
-def _cut(t: torch.Tensor, cuts: list[tuple[int, np.ndarray]]) -> torch.Tensor:
-    for dim, idx in cuts:
-        t = t.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device))
-    return t.clone()
-
-
-def sliced_optimizer_state(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Module,
-                           cuts: Mapping[str, list[tuple[int, np.ndarray]]]) -> tuple[list[list[nn.Parameter]], dict]:
-    """New ``(params per param group, state)`` for ``optimizer`` after ``old`` became ``new``
-    (same parameter names): per-parameter tensors shaped like the parameter are sliced
-    like it, other entries (``step``) are kept. Computed without touching ``optimizer``."""
-    name_of = {id(p): n for n, p in old.named_parameters()}
-    new_params = dict(new.named_parameters())
-    groups, state = [], {}
-    for group in optimizer.param_groups:
-        params = []
-        for p in group["params"]:
-            name = name_of.get(id(p))
-            if name is None or name not in new_params:
-                raise InputError("bep step: the optimizer holds a parameter that is not in prepared.module; "
-                                 "build the optimizer from prepared.module.parameters()")
-            q = new_params[name]
-            params.append(q)
-            if p in optimizer.state:
-                entry = {}
-                for k, v in optimizer.state[p].items():
-                    if isinstance(v, torch.Tensor) and v.shape == p.shape and v.dim() > 0:
-                        v = _cut(v, cuts.get(name, []))
-                        if v.shape != q.shape:
-                            raise PlanError(f"bep: optimizer state {k} of {name} sliced to {tuple(v.shape)}, "
-                                            f"parameter is {tuple(q.shape)}")
-                    entry[k] = v
-                state[q] = entry
-        groups.append(params)
-    return groups, state
-
-
-def _apply_optimizer(optimizer: torch.optim.Optimizer, groups: list[list[nn.Parameter]], state: dict) -> None:
-    for group, params in zip(optimizer.param_groups, groups):
-        group["params"] = params
-    optimizer.state = defaultdict(dict, state)
 
 
 # ----------------------------------------------------------------------------- prepared
@@ -680,7 +621,7 @@ class BEPPrepared(Prepared):
             self._hook.remove()
         self.module, self.cur_graph, self.alive, self._gated = new, new_graph, alive, None
         if opt_update is not None:
-            _apply_optimizer(optimizer, *opt_update)
+            apply_optimizer_state(optimizer, *opt_update)
         self._macs = self._per_sample(new)
         self._attach_counter()
         if self._live is not None:

@@ -1,5 +1,4 @@
 """BEP: pruning during training with physical rewrites (issue #7). Offline, bundled data, LeNet-5."""
-import math
 
 import numpy as np
 import pytest
@@ -9,7 +8,8 @@ import torch.nn.functional as F
 import fxprune
 import fxprune.models as zoo
 from fxprune.data import bundled
-from fxprune.passes.bep import _cut, final_counts, param_cuts, sliced_optimizer_state
+from fxprune.optim_state import param_cuts, slice_like, sliced_optimizer_state
+from fxprune.passes.bep import final_counts
 
 OPTS = dict(step=6, seed_steps=8, measure_every=2, bucket_width=2, gp_iters=8, samples=64, progress=False)
 
@@ -96,11 +96,11 @@ def test_optimizer_state_sliced_like_parameters(batches):
     cuts = param_cuts(graph, plan)
     old = dict(gm.named_parameters())
     for name, p in new.named_parameters():  # the cuts are exactly what rewrite did
-        assert torch.equal(_cut(old[name].detach(), cuts.get(name, [])), p.detach())
+        assert torch.equal(slice_like(old[name].detach(), cuts.get(name, [])), p.detach())
     groups, state = sliced_optimizer_state(opt, gm, new, cuts)
     for name, p in new.named_parameters():
         buf = state[p]["momentum_buffer"]
-        assert torch.equal(buf, _cut(opt.state[old[name]]["momentum_buffer"], cuts.get(name, [])))
+        assert torch.equal(buf, slice_like(opt.state[old[name]]["momentum_buffer"], cuts.get(name, [])))
 
 
 def test_lite_prunes_at_init_then_bep(batches):
