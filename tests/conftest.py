@@ -15,6 +15,42 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    small models gain nothing from intra-op threads, and on a busy 2-core machine torch's
+    OpenMP workers stall each other (resnet110's forward: 0.04 s on 1 thread, ~11 s on 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    """The 500 bundled Fashion-MNIST test images and their labels."""
+    from fxprune.data import bundled
+
+    return bundled().tensors
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    """The bundled trained LeNet-5."""
+    from fxprune.demo import load_bundled_model
+
+    return load_bundled_model()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """ResNet-20 (1 input channel) with random batch-norm statistics, in eval mode."""
+    import fxprune.models as zoo
+
+    torch.manual_seed(1)
+    return randomize_bn(zoo.get("resnet20", in_channels=1)).eval()
+
+
 def randomize_bn(model: nn.Module) -> nn.Module:
     """Give BN layers non-trivial statistics and affine params so that shifts matter."""
     for m in model.modules():

@@ -11,11 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-import fxprune.models as zoo
-from conftest import assert_same_state, randomize_bn, state_snapshot
+from conftest import assert_same_state, state_snapshot
 from fxprune.budget import Budget, select, selectable_groups
-from fxprune.data import bundled
-from fxprune.demo import load_bundled_model
 from fxprune.layerwise import LayerwiseContext
 from fxprune.passes import ActGrad, Analyze, LayerActGrad, LayerGreedyFS, LayerSampling
 from fxprune.passes.sampling import sensitivities
@@ -27,25 +24,9 @@ LENET_READER = {"conv1": "conv2", "conv2": "fc1", "fc1": "fc2", "fc2": "fc3"}  #
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    return bundled().tensors
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return load_bundled_model()
-
-
-@pytest.fixture(scope="module")
 def calib(fashion):
     images, labels = fashion
     return [(images[i:i + 64], labels[i:i + 64]) for i in (0, 64)]
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(1)
-    return randomize_bn(zoo.get("resnet20", in_channels=1)).eval()
 
 
 def context(model, x, method) -> LayerwiseContext:

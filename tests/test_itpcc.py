@@ -21,12 +21,7 @@ from fxprune.passes.itpcc_gates import ConsumerGate
 from conftest import assert_same_state, randomize_bn, state_snapshot
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Stage(nn.Module):

@@ -13,14 +13,7 @@ NAMES = ["bep_cnn", "lenet5", "mobilenet_v2_cifar", "resnet110", "resnet20", "re
 SIDE = {1: 28, 3: 32}  # in_channels -> input side: MNIST 1x28x28, CIFAR 3x32x32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-2 CIFAR models gain nothing from intra-op threads, and on a busy 2-core machine
-    torch's OpenMP workers stall each other (resnet110's forward: 0.04 s on 1 thread, ~11 s on 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Expected parameter counts for in_channels=3, num_classes=10, worked out from the layer sizes.

@@ -20,11 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-import fxprune.models as zoo
-from conftest import assert_same_state, randomize_bn, state_snapshot
+from conftest import assert_same_state, state_snapshot
 from fxprune.consumers import CONVS, group_consumers
-from fxprune.data import bundled
-from fxprune.demo import load_bundled_model
 from fxprune.errors import InputError
 from fxprune.greedy import least_squares_weights, reweighted_selection
 from fxprune.layerwise import LayerwiseContext, collect_problems
@@ -36,27 +33,10 @@ from fxprune.state import state_of
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def fashion():
-    images, labels = bundled().tensors
-    return images, labels
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return load_bundled_model()
-
-
-@pytest.fixture(scope="module")
 def calib(fashion):
     """256 calibration images in two batches of 128, with labels."""
     images, labels = fashion
     return [(images[i:i + 128], labels[i:i + 128]) for i in (0, 128)]
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(1)
-    return randomize_bn(zoo.get("resnet20", in_channels=1)).eval()
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:

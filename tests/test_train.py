@@ -47,15 +47,6 @@ def _loader(ds, bs=32, seed=0):
     return DataLoader(ds, batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread, and much faster on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_train_one_epoch_improves(tool, subset, one_thread):
     torch.manual_seed(0)
     model = Tiny()
