@@ -6,7 +6,7 @@
 * ``plot_units``: units per group over training, one panel per run.
 
 Needs matplotlib (``pip install "fxprune[plot]"``); without it ``MissingDependency`` says
-so. Files are written atomically (``fxprune.io.atomic_write``).
+so. Files are written atomically (``fxprune.atomic.atomic_write``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .errors import InputError
-from .io import atomic_write
+from .atomic import atomic_write
 from .saliency_gp import SaliencyGP
 
 

@@ -36,10 +36,9 @@ of *terms* ``base * prod(kept(s) / size(s) for s in spaces)``:
   are listed in ``CostModel.approximate`` (node names): a leaf module doing
   attention is scaled like one projection, which is exact neither for its
   projections (when embed and head widths are pruned apart) nor for its
-  attention matmuls. ``nn.MultiheadAttention`` in eval mode without grad runs a
-  fused kernel that ``FlopCounterMode`` does not count (0 MACs in ``count_macs``
-  of the original), while the rewrite's ``PrunedMultiheadAttention`` is counted:
-  such nodes are listed too, and there ``macs`` undercounts the rewritten model.
+  attention matmuls. Every attention kernel is counted, whichever torch picks
+  (``fxprune.flops``: fused scaled-dot-product kernels get a formula, the fused
+  MultiheadAttention fast path is off while measuring).
 
 ``counts`` values may also be the kept units themselves (a plan, or use
 ``counts_of(plan)``). Units of a group usually have the same width in every
@@ -62,6 +61,7 @@ from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InputError
+from .flops import attention_fast_path_off, flop_counter
 from .graph import ChannelGraph
 from .report import eval_mode
 from .rules.context import tensor_meta_shapes
@@ -244,9 +244,9 @@ class _MacRecorder(fx.Interpreter):
 
 def measure_node_macs(gm: fx.GraphModule, inputs: tuple) -> dict[str, int]:
     """MACs of every node of ``gm`` for one eval-mode forward on ``inputs`` (as ``count_macs``)."""
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     recorder = _MacRecorder(gm, counter)
-    with eval_mode(gm), torch.no_grad(), counter:
+    with eval_mode(gm), torch.no_grad(), attention_fast_path_off(), counter:
         recorder.run(*inputs)
     return recorder.macs
 
@@ -289,8 +289,6 @@ class _Builder:
         """The terms of node ``name`` whose full-model MACs are ``macs`` (see the module table)."""
         node = self.nodes[name]
         if not macs:
-            if node.op == "call_module" and isinstance(self.modules[node.target], nn.MultiheadAttention):
-                self.approximate.append(f"{name} (MultiheadAttention fast path: uncounted here, counted once rewritten)")
             return []
         if _target_in(node, {F.scaled_dot_product_attention}):
             terms = self._sdpa_terms(node, macs)

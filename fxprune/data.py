@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .atomic import atomic_write
 from .errors import InputError
 
 __all__ = [
@@ -275,8 +276,11 @@ def make_bundled_subset(out_path: str | os.PathLike = BUNDLED_PATH, *, per_class
                                   for c in range(len(CLASSES))]))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, images=x[idx], labels=y[idx].astype(np.uint8),
-                        test_indices=idx.astype(np.int32))
-    os.replace(tmp, out)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a path, np.savez would append ".npz" to it
+            np.savez_compressed(f, images=x[idx], labels=y[idx].astype(np.uint8),
+                                test_indices=idx.astype(np.int32))
+
+    atomic_write(out, write)
     return out

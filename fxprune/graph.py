@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import networkx as nx
 import numpy as np
 import torch
 
 from .errors import PlanError
 from .spaces import SpaceKey, SpaceTable
+
+if TYPE_CHECKING:  # networkx is imported by ``to_networkx`` only: importing fxprune stays cheap
+    import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,8 @@ class ChannelGraph:
 
     def to_networkx(self) -> nx.Graph:
         """Spaces as nodes (size, group, role, barrier), links as edges."""
+        import networkx as nx
+
         g = nx.Graph()
         group_of = {s: grp.id for grp in self.groups for s in grp.spaces}
         for key, size in self.table.sizes.items():

@@ -2,7 +2,9 @@
 
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (which counts
 matmul/conv/attention-like ops only, 2 FLOPs per multiply-accumulate) and are
-reported as ``total_flops // 2``.
+reported as ``total_flops // 2``. ``fxprune.flops`` adds a formula for every fused
+attention kernel and turns off the opaque MultiheadAttention fast path while
+counting, so the figure does not depend on which kernel torch picks.
 """
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InputError
+from .flops import attention_fast_path_off, flop_counter
 
 __all__ = [
     "Cost",
@@ -66,10 +68,11 @@ def count_macs(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
     """Multiply-accumulates of one eval-mode forward pass on ``example_inputs``.
 
     Runs under ``torch.no_grad()``; the module's train/eval flags are restored.
+    The count is the same whichever attention kernel runs (see ``fxprune.flops``).
     """
     args = _as_tuple(example_inputs)
-    counter = FlopCounterMode(display=False)
-    with eval_mode(module), torch.no_grad(), counter:
+    counter = flop_counter()
+    with eval_mode(module), torch.no_grad(), attention_fast_path_off(), counter:
         module(*args)
     return int(counter.get_total_flops()) // 2
 

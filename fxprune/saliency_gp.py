@@ -20,7 +20,8 @@ block-diagonal with ``T`` blocks ``mu_j B + D``, each inverted by Woodbury throu
 never ``U^3``. Its gradient is written in closed form, so no gradient flows through
 ``eigh`` (whose backward pass is unstable for the clustered spectra of kernel matrices).
 
-Contents: ``ExponentialDecayKernel`` (a gpytorch kernel), ``bucket`` (App. G.1:
+Contents: ``ExponentialDecayKernel`` (a gpytorch kernel, defined in
+``fxprune.saliency_kernel`` and loaded on first use with gpytorch), ``bucket`` (App. G.1:
 average raw measurements into time buckets), ``Preprocess`` (App. G.3: clip, trend
 flip, scale to [0, 10], and the inverse map), ``SaliencyGP`` (fit, ``predict`` the
 final saliency ``s_T``, ``sample`` it for the utility of ``fxprune.bep_decision``).
@@ -29,72 +30,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import gpytorch
 import torch
-from gpytorch.constraints import GreaterThan, Interval, Positive
 from torch import Tensor
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    from gpytorch.constraints import Positive
+
 _DTYPE = torch.float64
 
 
-# --------------------------------------------------------------------------- kernel
-class ExponentialDecayKernel(gpytorch.kernels.Kernel):
-    """``k(t, t') = beta^alpha / (t + t' + beta)^alpha`` (Swersky et al. 2014; BEP eq. in 4.2).
+def __getattr__(name: str) -> Any:
+    """``ExponentialDecayKernel`` on first access (it imports gpytorch); other names are missing."""
+    if name == "ExponentialDecayKernel":
+        from .saliency_kernel import ExponentialDecayKernel
 
-    Needs: inputs of shape ``(..., n, 1)`` holding non-negative times. ``alpha`` and
-    ``beta`` are registered under gpytorch constraints (``Positive`` by default) and
-    have shape ``(*batch_shape, 1, 1)``, so one kernel can hold independent
-    hyper-parameters for a batch of GPs. Guarantees: ``k(t, t) <= 1`` with equality
-    at ``t = 0``; for fixed ``t'`` the covariance decays polynomially in ``t``.
-    """
-
-    has_lengthscale = False
-
-    def __init__(self, alpha_constraint: Interval | None = None,
-                 beta_constraint: Interval | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        for name, constraint in (("alpha", alpha_constraint), ("beta", beta_constraint)):
-            constraint = constraint if constraint is not None else Positive()
-            raw = constraint.inverse_transform(torch.ones(*self.batch_shape, 1, 1))
-            self.register_parameter(f"raw_{name}", torch.nn.Parameter(raw))
-            self.register_constraint(f"raw_{name}", constraint)
-
-    @property
-    def alpha(self) -> Tensor:
-        return self.raw_alpha_constraint.transform(self.raw_alpha)
-
-    @alpha.setter
-    def alpha(self, value: float | Tensor) -> None:
-        self._set("alpha", value)
-
-    @property
-    def beta(self) -> Tensor:
-        return self.raw_beta_constraint.transform(self.raw_beta)
-
-    @beta.setter
-    def beta(self, value: float | Tensor) -> None:
-        self._set("beta", value)
-
-    def _set(self, name: str, value: float | Tensor) -> None:
-        raw = getattr(self, f"raw_{name}")
-        value = torch.as_tensor(value, dtype=raw.dtype, device=raw.device).expand_as(raw)
-        constraint = getattr(self, f"raw_{name}_constraint")
-        self.initialize(**{f"raw_{name}": constraint.inverse_transform(value)})
-
-    def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params) -> Tensor:
-        if x1.shape[-1] != 1 or x2.shape[-1] != 1:
-            raise InputError("ExponentialDecayKernel takes one input dimension (time)")
-        alpha, beta = self.alpha, self.beta
-        if diag:
-            total = x1[..., 0] + x2[..., 0]
-            alpha, beta = alpha[..., 0], beta[..., 0]
-        else:
-            total = x1 + x2.transpose(-2, -1)
-        return torch.exp(alpha * (torch.log(beta) - torch.log(total + beta)))
+        return ExponentialDecayKernel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------- preprocessing
@@ -275,6 +230,8 @@ class _KroneckerNLL(torch.autograd.Function):
 # ------------------------------------------------------------------------ the model
 def _log_positive() -> Positive:
     """``Positive`` with an exp/log map: L-BFGS then moves scales multiplicatively."""
+    from gpytorch.constraints import Positive
+
     return Positive(transform=torch.exp, inv_transform=torch.log)
 
 
@@ -288,7 +245,7 @@ class FitResult:
     evaluations: int
 
 
-class SaliencyGP(gpytorch.Module):
+class SaliencyGP(torch.nn.Module):
     """ICM multi-output GP over the ``U`` saliency series of one group (BEP Sec. 4.2).
 
     Needs: ``times`` (T,) non-negative, shared by every unit (bucket first if needed),
@@ -296,9 +253,10 @@ class SaliencyGP(gpytorch.Module):
     (the paper used 12 for conv layers, 4 for dense, 10-15 on ResNet); ``Q = 0`` gives
     independent GPs that share only the kernel's ``alpha`` and ``beta``.
 
-    Parameters (gpytorch modules and constraints): ``kernel`` (ExponentialDecayKernel on
-    times divided by the ``time_scale`` buffer, fixed at construction to ``max(times)``
-    so that a warm start keeps its meaning), ``task_kernel`` (``IndexKernel``: ``B = W
+    A ``torch.nn.Module`` whose parts are gpytorch modules and constraints (gpytorch is
+    imported when the first model is built, not with this module): ``kernel``
+    (ExponentialDecayKernel on times divided by the ``time_scale`` buffer, fixed at
+    construction to ``max(times)`` so that a warm start keeps its meaning), ``task_kernel`` (``IndexKernel``: ``B = W
     W^T + diag(v)``, rank Q), ``mean_module`` (one constant per unit), ``noise`` (per
     unit, ``>= 1e-4`` in model space); scales (alpha, beta, v, noise) use exp/log
     ``Positive`` maps. The preprocessing (``ub`` and trend flips) is kept in buffers.
@@ -308,6 +266,11 @@ class SaliencyGP(gpytorch.Module):
 
     def __init__(self, times: Tensor, Y: Tensor, num_latents: int = 4, *,
                  preprocess: Preprocess | None = None, per_unit: bool = True) -> None:
+        import gpytorch
+        from gpytorch.constraints import GreaterThan
+
+        from .saliency_kernel import ExponentialDecayKernel
+
         super().__init__()
         times, Y = torch.as_tensor(times, dtype=_DTYPE), torch.as_tensor(Y, dtype=_DTYPE)
         if Y.dim() != 2 or times.dim() != 1 or Y.shape[1] != times.shape[0] or len(times) < 2:
@@ -326,7 +289,7 @@ class SaliencyGP(gpytorch.Module):
         self.task_kernel = gpytorch.kernels.IndexKernel(num_tasks=U, rank=num_latents, var_constraint=_log_positive())
         self.mean_module = gpytorch.means.ConstantMean(batch_shape=torch.Size([U]))
         self.register_parameter("raw_noise", torch.nn.Parameter(torch.zeros(U)))
-        self.register_constraint("raw_noise", GreaterThan(1e-4, transform=torch.exp, inv_transform=torch.log))
+        self.add_module("raw_noise_constraint", GreaterThan(1e-4, transform=torch.exp, inv_transform=torch.log))
         self.to(_DTYPE)
         self._initialise()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import importlib.util
 import io
 import os
 import traceback
@@ -55,10 +57,35 @@ def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     )
 
 
+def _real_dir(path: str) -> str:
+    """``path`` resolved and normalised, ending in ``os.sep`` (a prefix that matches whole names)."""
+    return os.path.join(os.path.normcase(os.path.realpath(path)), "")
+
+
+@functools.lru_cache(maxsize=1)
+def _library_dirs() -> tuple[str, ...]:
+    """torch's and fxprune's own package directories (``fxprune.passes`` and
+    ``fxprune.models`` live in ``passes/`` and ``models/`` of a checkout)."""
+    dirs = [_TORCH_DIR, os.path.dirname(os.path.abspath(__file__))]
+    for name in ("fxprune.passes", "fxprune.models"):
+        spec = importlib.util.find_spec(name)  # the location only: the package is not run
+        dirs.extend((spec.submodule_search_locations or ()) if spec else ())
+    return tuple(_real_dir(d) for d in dirs)
+
+
+def _is_library_file(filename: str) -> bool:
+    """Whether ``filename`` lies inside torch or fxprune (by directory, not by name);
+    pseudo-files such as ``<string>`` lie nowhere."""
+    if filename.startswith("<"):
+        return False
+    path = os.path.normcase(os.path.realpath(filename))
+    return path.startswith(_library_dirs())
+
+
 def _user_frame(tb: traceback.StackSummary) -> str | None:
-    """The innermost frame outside torch itself: the user's source line."""
+    """The innermost frame outside torch and fxprune: the user's source line."""
     for frame in reversed(tb):
-        if not frame.filename.startswith(_TORCH_DIR) and "fxprune" not in frame.filename:
+        if not _is_library_file(frame.filename):
             line = (frame.line or "").strip()
             return f'{frame.filename}:{frame.lineno} in {frame.name}: "{line}"'
     return None

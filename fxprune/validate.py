@@ -3,18 +3,26 @@
 Export prefers the legacy TorchScript exporter (``dynamo=False``, fast) and falls
 back to the dynamo exporter (``dynamo=True``) if the legacy one raises. Every
 failure to export, load or run the model surfaces as ``ValidationError``.
+
+An exported model serves: its inputs and outputs are named (inputs after the
+model's forward arguments, i.e. a GraphModule's placeholders; outputs ``output`` or
+``output_0``, ``output_1`` ...), and by default dim 0 of every input and output that
+follows the batch size is a dynamic ``batch`` axis. A dynamic export is kept only if
+onnxruntime agrees with torch at the example batch size and at one more; otherwise
+(a batch size baked into the model, an exporter that cannot express it) the model is
+exported with fixed shapes and ``ValidationReport.note`` says why.
+
+Outputs that are not finite (NaN/inf) are never agreement: torch producing them on
+the example inputs is a ``NonFiniteOutputError``, onnxruntime producing them where
+torch does not is a mismatch.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import re
 import statistics
-import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,20 +30,35 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write, check_output_path
 from .errors import InputError, ValidationError
-from .io import atomic_write
+from .onnx_export import EXPORTERS, Exported, ExportSpec, describe, export, io_names
 from .report import _as_tuple, eval_mode
 
-__all__ = ["ValidationReport", "ort_latency", "save_onnx", "validate"]
+__all__ = ["NonFiniteOutputError", "ValidationReport", "batch_variant", "non_finite", "ort_latency",
+           "restate_non_finite", "save_onnx", "validate"]
 
 _TINY = 1e-12
 _INF = float("inf")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class NonFiniteOutputError(ValidationError):
+    """The torch model itself produces NaN/inf on the example inputs: nothing can be validated.
+    ``where`` says which output and how many values."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.where = where
 
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """Outcome of :func:`validate` (errors and timings; ``onnx_bytes`` only on request)."""
+    """Outcome of :func:`validate` (errors and timings; ``onnx_bytes`` only on request).
+
+    ``batch_sizes`` are the batch sizes onnxruntime was checked at (two when the export has
+    a dynamic batch axis, ``dynamic_batch``); ``note`` says why a dynamic batch was asked for
+    but the export has fixed shapes.
+    """
 
     ok: bool
     max_abs: float
@@ -46,148 +69,136 @@ class ValidationReport:
     run_seconds: float
     opset: int = 0
     onnx_bytes: bytes | None = field(default=None, repr=False)
+    dynamic_batch: bool = False
+    batch_sizes: tuple[int, ...] = ()
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+    note: str = ""
 
     def __str__(self) -> str:
         verdict = "ok" if self.ok else "MISMATCH"
+        sizes = ", ".join(map(str, self.batch_sizes))
+        batch = f"dynamic (checked at {sizes})" if self.dynamic_batch else f"fixed ({sizes})" if sizes else "fixed"
+        note = f" [{self.note}]" if self.note else ""
         return (
             f"onnx {verdict}: max_abs={self.max_abs:.3g} max_rel={self.max_rel:.3g} "
-            f"tol={self.tolerance:.3g} exporter={self.exporter} opset={self.opset} "
-            f"export={self.export_seconds:.2f}s run={self.run_seconds * 1e3:.1f}ms"
+            f"tol={self.tolerance:.3g} exporter={self.exporter} opset={self.opset} batch={batch} "
+            f"export={self.export_seconds:.2f}s run={self.run_seconds * 1e3:.1f}ms{note}"
         )
 
 
 @dataclass(frozen=True)
-class _Exported:
-    """An exported ONNX model and how it was produced."""
+class _Case:
+    """Inputs and the torch outputs they give."""
 
-    onnx_bytes: bytes
-    exporter: str
-    seconds: float
-    opset: int
+    args: tuple
+    refs: list[torch.Tensor]
 
-
-# --------------------------------------------------------------------------- export
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence Python warnings and stdout/stderr chatter, including C++ prints on fds 1/2.
-
-    Process-wide while active: output of other threads is discarded too.
-    """
-    with warnings.catch_warnings(), _fd_silenced():
-        warnings.simplefilter("ignore")
-        sink = io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
+    @property
+    def batch(self) -> int:
+        return next((int(a.shape[0]) for a in self.args if isinstance(a, torch.Tensor) and a.dim()), 0)
 
 
-@contextlib.contextmanager
-def _fd_silenced() -> Iterator[None]:
-    """Point file descriptors 1 and 2 at /dev/null (best effort; no-op if unavailable)."""
-    saved: list[tuple[int, int]] = []
+@dataclass(frozen=True)
+class _Checked:
+    """One export run in onnxruntime on every case: worst errors, output scale, first run time."""
+
+    exported: Exported
+    errors: list[tuple[float, float, float]]  # (max_abs, max_rel, scale) per case
+    run_seconds: float
+
+    def worst(self) -> tuple[float, float, float]:
+        return tuple(max(e[k] for e in self.errors) for k in range(3))  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- torch side and batch sizes
+
+
+def _reference(module: torch.nn.Module, args: tuple) -> list[torch.Tensor]:
+    """The module's output tensors on ``args`` (eval mode, no grad), flattened."""
+    with eval_mode(module), torch.no_grad():
+        return flatten_outputs(module(*args))
+
+
+def non_finite(outputs: Sequence[torch.Tensor]) -> str:
+    """Where ``outputs`` hold NaN/inf, in words ("" when every value is finite)."""
+    for i, out in enumerate(outputs):
+        bad = ~torch.isfinite(out.detach()) if out.is_floating_point() or out.is_complex() else None
+        if bad is not None and bool(bad.any()):
+            return f"output {i}: {int(bad.sum())} of {out.numel()} values are NaN/inf"
+    return ""
+
+
+def _require_finite(refs: list[torch.Tensor]) -> None:
+    """``NonFiniteOutputError`` when torch's outputs on the example inputs hold NaN/inf."""
+    where = non_finite(refs)
+    if where:
+        raise NonFiniteOutputError(f"the model produces NaN/inf on the example inputs ({where}); NaN/inf are never "
+                                   f"agreement: check the model's weights and the inputs", where)
+
+
+def restate_non_finite(error: NonFiniteOutputError, original: torch.nn.Module | None,
+                       example_inputs: tuple) -> NonFiniteOutputError:
+    """``error`` (raised for a pruned model) restated after running ``original``, the model before
+    pruning, on the same inputs: "the model already produces NaN/inf ..." when it does too, else
+    that pruning introduced them. ``error`` itself when there is no original to run."""
+    if original is None:
+        return error
     try:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            for fd in (1, 2):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(devnull, fd)
-        finally:
-            os.close(devnull)
-    except OSError:
-        _restore_fds(saved)
-        saved = []
+        before = non_finite(_reference(original, _as_tuple(example_inputs)))
+    except Exception:  # noqa: BLE001 - the original cannot tell us more
+        return error
+    if before:
+        return NonFiniteOutputError(f"the model already produces NaN/inf on the example inputs, before pruning "
+                                    f"({before}); check its weights and the inputs", before)
+    return NonFiniteOutputError(f"the pruned model produces NaN/inf on the example inputs ({error.where}) although "
+                                f"the model before pruning does not; please report this fxprune bug", error.where)
+
+
+def _batch_inputs(args: tuple) -> tuple[tuple[int, ...], int]:
+    """Positions of the inputs whose dim 0 is the batch size (that of the first tensor input with a dim), and it."""
+    batch = _Case(args, []).batch
+    if not batch:
+        return (), 0
+    return tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch), batch
+
+
+def batch_variant(args: tuple, positions: Sequence[int], size: int, seed: int = 0) -> tuple:
+    """``args`` with the inputs at ``positions`` resized to ``size`` along dim 0: floating inputs get
+    seeded uniform values in the range the example spans, other inputs repeat its rows."""
+    gen = torch.Generator().manual_seed(seed)
+    out = list(args)
+    for i in positions:
+        x = args[i]
+        rows = x[torch.arange(size, device=x.device) % x.shape[0]]
+        lo, hi = (x.min(), x.max()) if x.is_floating_point() and x.numel() else (None, None)
+        if lo is not None and bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            noise = torch.rand(tuple(rows.shape), generator=gen).to(device=x.device, dtype=x.dtype)
+            rows = lo + (hi - lo) * noise
+        out[i] = rows
+    return tuple(out)
+
+
+def _plan(module: torch.nn.Module, first: _Case, dynamic_batch: bool) -> tuple[ExportSpec, list[_Case], str]:
+    """The export spec and the cases to check: the example batch, plus one more batch size when the
+    batch axis can be dynamic; else a fixed-shape spec and why (empty when none was asked for)."""
+    spec = ExportSpec(*io_names(module, len(first.args), len(first.refs)))
+    if not dynamic_batch:
+        return spec, [first], ""
+    positions, batch = _batch_inputs(first.args)
+    if not positions:
+        return spec, [first], "fixed shapes: no input has a batch dimension"
+    size = batch + 1
+    args = batch_variant(first.args, positions, size)
     try:
-        yield
-    finally:
-        _restore_fds(saved)
-
-
-def _restore_fds(saved: list[tuple[int, int]]) -> None:
-    """Undo :func:`_fd_silenced`'s redirections."""
-    for fd, copy in saved:
-        with contextlib.suppress(OSError):
-            os.dup2(copy, fd)
-        with contextlib.suppress(OSError):
-            os.close(copy)
-
-
-def _input_names(args: tuple) -> list[str]:
-    """Stable ONNX graph input names, one per positional input."""
-    return [f"input_{i}" for i in range(len(args))]
-
-
-def _export_torchscript(module: torch.nn.Module, args: tuple) -> bytes:
-    """Legacy TorchScript-based export into memory."""
-    buf = io.BytesIO()
-    torch.onnx.export(module, args, buf, dynamo=False, input_names=_input_names(args))
-    return buf.getvalue()
-
-
-def _export_dynamo(module: torch.nn.Module, args: tuple) -> bytes:
-    """torch.export-based (dynamo) export into memory."""
-    program = torch.onnx.export(
-        module, args, None, dynamo=True, verbose=False, input_names=_input_names(args)
-    )
-    if program is None:  # pragma: no cover - defensive: API contract says ONNXProgram
-        raise RuntimeError("dynamo exporter returned no program")
-    return program.model_proto.SerializeToString()
-
-
-_EXPORTERS = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
-
-
-def _first_line(exc: BaseException) -> str:
-    """First non-empty line of an exception (ANSI colours stripped), with its type."""
-    text = _ANSI.sub("", str(exc)).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """Innermost ``__cause__`` of an exception chain (the dynamo exporter wraps deeply)."""
-    seen = {id(exc)}
-    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
-        exc = exc.__cause__
-        seen.add(id(exc))
-    return exc
-
-
-def _describe(exc: BaseException) -> str:
-    """First line of an error, plus its root cause's first line when that differs."""
-    head, root = _first_line(exc), _first_line(_root_cause(exc))
-    return head if head == root else f"{head} (cause: {root})"
-
-
-def _opset(onnx_bytes: bytes) -> int:
-    """Default-domain opset version of a serialized ONNX model (0 if unknown)."""
-    import onnx
-
-    model = onnx.load_from_string(onnx_bytes)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _export(module: torch.nn.Module, args: tuple) -> _Exported:
-    """Export ``module`` in eval mode, trying each exporter in turn."""
-    failures: list[str] = []
-    last: BaseException | None = None
-    with eval_mode(module):
-        for name, exporter in _EXPORTERS:
-            start = time.perf_counter()
-            try:
-                with _quiet():
-                    data = exporter(module, args)
-                seconds = time.perf_counter() - start
-                opset = _opset(data)
-            except Exception as exc:  # noqa: BLE001 - any exporter failure falls through
-                failures.append(f"{name} exporter: {_describe(exc)}")
-                last = exc
-                continue
-            return _Exported(data, name, seconds, opset)
-    raise ValidationError("ONNX export failed; " + "; ".join(failures)) from last
+        second = _Case(args, _reference(module, args))
+    except Exception as exc:  # noqa: BLE001 - the model itself fixes its batch size
+        return spec, [first], f"fixed shapes: the model does not run at batch {size} in torch ({describe(exc)})"
+    if len(second.refs) != len(first.refs) or non_finite(second.refs):
+        return spec, [first], f"fixed shapes: the model's outputs at batch {size} are not comparable (count or NaN/inf)"
+    outputs = tuple(i for i, (a, b) in enumerate(zip(first.refs, second.refs))
+                    if a.dim() and b.dim() and a.shape[0] == batch and b.shape[0] == size)
+    return ExportSpec(spec.input_names, spec.output_names, positions, outputs), [first, second], ""
 
 
 # --------------------------------------------------------------------------- onnxruntime
@@ -202,15 +213,17 @@ def _session(onnx_bytes: bytes) -> Any:
     try:
         return ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise ValidationError(f"onnxruntime could not load the model: {_describe(exc)}") from exc
+        raise ValidationError(f"onnxruntime could not load the model: {describe(exc)}") from exc
 
 
-def _feeds(session: Any, args: tuple) -> dict[str, np.ndarray]:
-    """Map the session's inputs (unused ones may have been dropped) to numpy arrays."""
-    by_name = dict(zip(_input_names(args), args))
+def _feeds(session: Any, args: tuple, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Map the session's inputs to numpy arrays: by name when ``names`` (the export's input names, in
+    argument order) knows it (an unused input may have been dropped), else by position."""
+    index = {name: i for i, name in enumerate(names or ())}
     feeds: dict[str, np.ndarray] = {}
-    for i, meta in enumerate(session.get_inputs()):
-        value = by_name.get(meta.name, args[i] if i < len(args) else None)
+    for pos, meta in enumerate(session.get_inputs()):
+        i = index.get(meta.name, pos)
+        value = args[i] if i < len(args) else None
         if not isinstance(value, torch.Tensor):
             raise ValidationError(f"cannot feed ONNX input {meta.name!r} from the example inputs")
         feeds[meta.name] = value.detach().cpu().numpy()
@@ -222,7 +235,21 @@ def _run(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         return session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001
-        raise ValidationError(f"onnxruntime could not run the model: {_describe(exc)}") from exc
+        raise ValidationError(f"onnxruntime could not run the model: {describe(exc)}") from exc
+
+
+def _check(module: torch.nn.Module, spec: ExportSpec, cases: list[_Case], exporters: Sequence = EXPORTERS) -> _Checked:
+    """Export ``module`` as ``spec`` says and compare onnxruntime with torch on every case."""
+    exported = export(module, cases[0].args, spec, exporters)
+    session = _session(exported.onnx_bytes)
+    errors, first_run = [], 0.0
+    for case in cases:
+        feeds = _feeds(session, case.args, spec.input_names)
+        start = time.perf_counter()
+        outs = _run(session, feeds)
+        first_run = first_run or time.perf_counter() - start
+        errors.append(_compare(case.refs, outs))
+    return _Checked(exported, errors, first_run)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -239,17 +266,8 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def _abs_diff(ref: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
-    """|ref - got| in float64; equal values (incl. matching inf/nan) give 0, lone nan gives inf."""
-    ref, got = ref.double(), got.double()
-    diff = (ref - got).abs()
-    same = (ref == got) | (ref.isnan() & got.isnan())
-    diff = torch.where(same, torch.zeros_like(diff), diff)
-    return torch.nan_to_num(diff, nan=_INF, posinf=_INF)
-
-
 def _compare(refs: list[torch.Tensor], outs: list[np.ndarray]) -> tuple[float, float, float]:
-    """(max_abs, max_rel, max |ref| over finite values) across all outputs."""
+    """(max_abs, max_rel, max |ref|) across all outputs; torch's are finite, so NaN/inf from onnxruntime is inf."""
     if len(refs) != len(outs):
         raise ValidationError(f"onnxruntime returned {len(outs)} outputs, torch returned {len(refs)}")
     max_abs = max_rel = scale = 0.0
@@ -262,13 +280,16 @@ def _compare(refs: list[torch.Tensor], outs: list[np.ndarray]) -> tuple[float, f
         if ref.numel() == 0:
             continue
         ref = ref.detach().cpu().double()
-        diff = _abs_diff(ref, got)
-        finite = ref[ref.isfinite()].abs()
+        diff = torch.nan_to_num((ref - got.double()).abs(), nan=_INF, posinf=_INF)
         max_abs = max(max_abs, diff.max().item())
-        rel = diff / (ref.abs().nan_to_num(nan=0.0, posinf=_INF) + _TINY)
-        max_rel = max(max_rel, rel.nan_to_num(nan=_INF, posinf=_INF).max().item())
-        scale = max(scale, finite.max().item() if finite.numel() else 0.0)
+        max_rel = max(max_rel, (diff / (ref.abs() + _TINY)).max().item())
+        scale = max(scale, ref.abs().max().item())
     return max_abs, max_rel, scale
+
+
+def _tolerance(scale: float, rtol: float, atol: float | None) -> float:
+    """``atol`` if given, else ``rtol`` relative to the output scale (at least 1)."""
+    return atol if atol is not None else rtol * max(1.0, scale)
 
 
 # --------------------------------------------------------------------------- public API
@@ -282,6 +303,7 @@ def validate(
     atol: float | None = None,
     keep_onnx: bool = False,
     raise_on_mismatch: bool = True,
+    dynamic_batch: bool = True,
 ) -> ValidationReport:
     """Export ``gm`` to ONNX, run it in onnxruntime (CPU) and compare with eager torch.
 
@@ -292,53 +314,91 @@ def validate(
     ``atol_eff = atol`` if given, else ``rtol * max(1.0, max |torch output|)``.
     ``max_rel`` (``|diff| / (|ref| + 1e-12)``) is reported only.
 
-    Raises ``ValidationError`` on disagreement (unless ``raise_on_mismatch=False``,
-    which returns a report with ``ok=False``), and when neither exporter works or
-    onnxruntime cannot load/run the model. ``keep_onnx`` keeps the model bytes.
+    With ``dynamic_batch`` (default) the export gets a dynamic batch axis, checked at
+    the example batch size and at one more (inputs from ``batch_variant``); where that
+    does not hold the export has fixed shapes and ``report.note`` says why.
+
+    Raises ``NonFiniteOutputError`` when torch's outputs hold NaN/inf, ``ValidationError``
+    when torch fails on the example inputs, on disagreement (unless ``raise_on_mismatch=False``, which returns a report with
+    ``ok=False``), and when neither exporter works or onnxruntime cannot load/run the
+    model. ``keep_onnx`` keeps the model bytes.
     """
     args = _as_tuple(example_inputs)
-    exported = _export(gm, args)
-    session = _session(exported.onnx_bytes)
-    feeds = _feeds(session, args)
-    start = time.perf_counter()
-    outs = _run(session, feeds)
-    run_seconds = time.perf_counter() - start
-    with eval_mode(gm), torch.no_grad():
-        refs = flatten_outputs(gm(*args))
-    max_abs, max_rel, scale = _compare(refs, outs)
-    tolerance = atol if atol is not None else rtol * max(1.0, scale)
+    try:
+        first = _Case(args, _reference(gm, args))
+    except Exception as exc:  # noqa: BLE001 - any failure of the model itself
+        raise ValidationError(f"the model fails in torch on the example inputs: {describe(exc)}") from exc
+    _require_finite(first.refs)
+    spec, cases, note = _plan(gm, first, dynamic_batch)
+    checked = None
+    if spec.dynamic:
+        checked, note = _check_dynamic(gm, spec, cases, rtol, atol)
+    if checked is None:
+        spec, cases = spec.fixed(), cases[:1]
+        checked = _check(gm, spec, cases)
+    max_abs, max_rel, scale = checked.worst()
+    tolerance = _tolerance(scale, rtol, atol)
     report = ValidationReport(
-        ok=max_abs <= tolerance,
-        max_abs=max_abs,
-        max_rel=max_rel,
-        tolerance=tolerance,
-        exporter=exported.exporter,
-        export_seconds=exported.seconds,
-        run_seconds=run_seconds,
-        opset=exported.opset,
-        onnx_bytes=exported.onnx_bytes if keep_onnx else None,
+        ok=max_abs <= tolerance, max_abs=max_abs, max_rel=max_rel, tolerance=tolerance,
+        exporter=checked.exported.exporter, export_seconds=checked.exported.seconds,
+        run_seconds=checked.run_seconds, opset=checked.exported.opset,
+        onnx_bytes=checked.exported.onnx_bytes if keep_onnx else None, dynamic_batch=spec.dynamic,
+        batch_sizes=tuple(c.batch for c in cases if c.batch), input_names=spec.input_names,
+        output_names=spec.output_names, note=note,
     )
     if not report.ok and raise_on_mismatch:
-        raise ValidationError(
-            f"onnxruntime disagrees with torch: max abs error {max_abs:.3g}, "
-            f"max rel error {max_rel:.3g}, tolerance {tolerance:.3g} (exporter {exported.exporter})",
-            max_abs=max_abs,
-            max_rel=max_rel,
-        )
+        raise ValidationError(_mismatch_message(report), max_abs=max_abs, max_rel=max_rel)
     return report
 
 
-def save_onnx(
-    gm: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | os.PathLike[str]
-) -> str:
-    """Export ``gm`` (eval mode) and write the ONNX file atomically; return the exporter used.
+def _check_dynamic(gm: torch.nn.Module, spec: ExportSpec, cases: list[_Case], rtol: float,
+                   atol: float | None) -> tuple[_Checked | None, str]:
+    """The first exporter whose dynamic-batch export agrees with torch at both batch sizes; else
+    None and why, and the fixed-shape export is used. A dynamic export that disagrees at the example
+    batch size already is returned: that is a real mismatch, not a batch problem."""
+    size, failures = cases[-1].batch, []
+    for exporter in EXPORTERS:
+        try:
+            checked = _check(gm, spec, cases, (exporter,))
+        except ValidationError as exc:
+            text = str(exc).removeprefix("ONNX export failed; ")
+            failures.append(text if text.startswith(f"{exporter[0]} exporter") else f"{exporter[0]} exporter: {text}")
+            continue
+        first, second = checked.errors[0], checked.errors[-1]
+        if first[0] > _tolerance(first[2], rtol, atol) or second[0] <= _tolerance(second[2], rtol, atol):
+            return checked, ""
+        failures.append(f"{exporter[0]} exporter: onnxruntime disagrees with torch at batch {size} "
+                        f"(max abs error {second[0]:.3g})")
+    return None, "fixed shapes: no export with a dynamic batch axis held (" + "; ".join(failures) + ")"
 
-    The bytes go to a temporary file in the target directory, then ``os.replace``
-    moves it into place, so ``path`` is either the old file or the complete new one.
+
+def _mismatch_message(report: ValidationReport) -> str:
+    """Why a report is not ok, in one line."""
+    head = ("onnxruntime produces NaN/inf where torch gives finite values" if report.max_abs == _INF
+            else "onnxruntime disagrees with torch")
+    return (f"{head}: max abs error {report.max_abs:.3g}, max rel error {report.max_rel:.3g}, "
+            f"tolerance {report.tolerance:.3g} (exporter {report.exporter})")
+
+
+def save_onnx(
+    gm: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | os.PathLike[str], *,
+    dynamic_batch: bool = True, rtol: float = 1e-4,
+) -> str:
+    """Export ``gm`` (eval mode), check it with :func:`validate` and write the ONNX file atomically;
+    return the exporter used.
+
+    The file has named inputs/outputs and, with ``dynamic_batch`` (default), a dynamic batch axis
+    (a ``UserWarning`` says why when the model only exports with fixed shapes). Raises
+    ``ValidationError`` when onnxruntime disagrees with torch (``path`` is then untouched), and
+    ``InputError`` before any work when ``path`` is not a writable regular file (``fxprune.atomic``).
     """
-    exported = _export(gm, _as_tuple(example_inputs))
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(exported.onnx_bytes))
-    return exported.exporter
+    check_output_path(path)  # refuse a device node, FIFO, directory ... before any work
+    report = validate(gm, example_inputs, rtol=rtol, keep_onnx=True, dynamic_batch=dynamic_batch)
+    if report.note:
+        warnings.warn(f"{path}: {report.note}", UserWarning, stacklevel=2)
+    data = report.onnx_bytes or b""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return report.exporter
 
 
 def ort_latency(
@@ -347,12 +407,16 @@ def ort_latency(
     *,
     runs: int = 20,
     warmup: int = 3,
+    input_names: Sequence[str] | None = None,
 ) -> float:
-    """Median wall-clock seconds of ``runs`` onnxruntime CPU runs after ``warmup`` runs."""
+    """Median wall-clock seconds of ``runs`` onnxruntime CPU runs after ``warmup`` runs.
+
+    Inputs are fed by position, or by ``input_names`` (``ValidationReport.input_names``) when given.
+    """
     if runs < 1 or warmup < 0:
         raise InputError(f"ort_latency needs runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     session = _session(onnx_bytes)
-    feeds = _feeds(session, _as_tuple(example_inputs))
+    feeds = _feeds(session, _as_tuple(example_inputs), input_names)
     for _ in range(warmup):
         _run(session, feeds)
     times = []

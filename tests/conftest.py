@@ -10,6 +10,14 @@ from torch import nn
 import fxprune
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register fxprune's markers (pyproject's addopts decides whether slow tests run)."""
+    config.addinivalue_line(
+        "markers",
+        "slow: over ~10 s on 2 cores, or a subprocess/whole-pipeline run; deselect with -m 'not slow'",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -18,6 +18,8 @@ from fxprune.passes import ActGrad, Analyze, LayerActGrad, LayerGreedyFS, LayerS
 from fxprune.passes.sampling import sensitivities
 from fxprune.state import state_of
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 OpenMP threads on a busy 2-core machine stall (10x)
+
 BASELINES = ["actgrad", "layer_actgrad", "layer_weightnorm", "layer_sampling", "layer_greedy_fs", "random",
              "layer_random"]
 LENET_READER = {"conv1": "conv2", "conv2": "fc1", "fc1": "fc2", "fc2": "fc3"}  # group -> its one reader
@@ -41,7 +43,8 @@ def top(scores: np.ndarray, k: int) -> list[int]:
 
 # ---------------------------------------------------------------- every baseline through compile
 
-@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "layer_greedy_fs" else m
+                                    for m in BASELINES])
 def test_baseline_compiles_validates_and_reproduces(method, lenet, calib, fashion):
     images, labels = fashion
     x = images[:1]

@@ -105,6 +105,7 @@ def test_dump_passes_writes_one_file_per_pass(scenario):
     assert "def forward" in before and "def forward" in after
 
 
+@pytest.mark.slow
 def test_fxp_reloads_in_a_new_process_with_only_torchvision(scenario):
     d = scenario["dir"]
     code = (
@@ -130,6 +131,7 @@ def test_onnx_file_runs_in_onnxruntime_with_the_same_outputs(scenario):
         assert np.abs(got - y[i:i + 1].numpy()).max() <= 1e-4 * max(1.0, float(y.abs().max()))
 
 
+@pytest.mark.slow
 def test_tools_trace_script_validates_fxp_and_onnx(scenario):
     d = scenario["dir"]
     proc = subprocess.run([sys.executable, "tools/trace", "validate", d / "out" / "x.fxp", "--onnx",
@@ -247,8 +249,12 @@ def test_pickled_module_train_checkpoint_taylor_and_reprune(tmp_path):
     for i in range(2):
         torch.save((torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), tmp_path / "batches" / f"{i}.pt")
 
-    # (d) a pickled module: one warning line, default input 1x1x28x28 from the zoo record
-    code, out, err = run(["prune", tmp_path / "module.pt", "--out", tmp_path / "a.fxp", "--latency-runs", "0"])
+    # (d) a pickled module: refused (no code run) unless --no-weights-only, then one warning line and
+    # the default input 1x1x28x28 from the zoo record
+    argv = ["prune", tmp_path / "module.pt", "--out", tmp_path / "a.fxp", "--latency-runs", "0"]
+    code, out, err = run(argv)
+    assert code == 2 and "--no-weights-only" in err and not (tmp_path / "a.fxp").exists(), err
+    code, out, err = run([*argv, "--no-weights-only"])
     assert code == 0, err
     assert err.count("\n") == 1 and "warning" in err and "runs code" in err
     assert "1x1x28x28" in out

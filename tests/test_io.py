@@ -26,6 +26,7 @@ def test_zoo_model_roundtrip_is_exact(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r20.fxp"]  # no temp file left
 
 
+@pytest.mark.slow
 def test_torchvision_roundtrip_in_a_new_process(tmp_path):
     model = torchvision.models.resnet18().eval()
     x = torch.randn(1, 3, 64, 64)

@@ -178,6 +178,7 @@ def test_gamma_controller_waits_then_raises_lowers_and_anticipates():
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_with_a_macs_target_ends_within_5_percent():
     """resnet20 (random init) on the 500 bundled images, 120 steps, defaults, threshold 0."""
     torch.manual_seed(0)

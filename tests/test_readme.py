@@ -17,7 +17,16 @@ BASH_BLOCKS = re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S)
 
 
 def test_readme_has_its_examples():
+    # the 20-line example, fxprune.compile, a pipeline of passes; the quick start and the CLI
     assert len(PYTHON_BLOCKS) == 3 and len(BASH_BLOCKS) == 2
+
+
+def test_readme_fits_on_a_few_screens():
+    lines = TEXT.splitlines()
+    assert len(lines) <= 230, f"README.md has {len(lines)} lines; move details to docs/"
+    for section in ("## Quick start", "## Example", "## Three ways in", "## Methods", "## Supported models",
+                    "## Limitations", "## Security", "## Supported versions"):
+        assert f"\n{section}\n" in TEXT, f"README.md lost its section {section!r}"
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
@@ -27,6 +36,7 @@ def test_readme_python_example_runs(index, monkeypatch):
     exec(compile(PYTHON_BLOCKS[index], f"README.md example {index + 1}", "exec"), module.__dict__)
 
 
+@pytest.mark.slow
 def test_readme_command_line_example_runs(tmp_path):
     block = next(b for b in BASH_BLOCKS if "fxprune-trace" in b)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

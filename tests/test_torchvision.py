@@ -50,7 +50,10 @@ def _threads():
     torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+DEFAULT_RUN = {"resnet18", "mobilenet_v3_small", "vit_small_input"}  # residual, depthwise + SE, attention
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT_RUN else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_torchvision_model_prunes_validates_and_is_exact(name):
     build, size = MODELS[name]
     torch.manual_seed(0)

@@ -103,8 +103,8 @@ def _train_module():
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Create the folder if needed, then write atomically (``fxprune.io.atomic_write``)."""
-    from fxprune.io import atomic_write as write_atomically
+    """Create the folder if needed, then write atomically (``fxprune.atomic.atomic_write``)."""
+    from fxprune.atomic import atomic_write as write_atomically
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomically(path, write)

@@ -60,7 +60,7 @@ import fxprune.data as fdata  # noqa: E402
 import fxprune.models as zoo  # noqa: E402
 import fxprune.passes  # noqa: E402
 from fxprune.bep_plots import MissingDependency, coverage, plot_saliency, plot_units, pyplot  # noqa: E402
-from fxprune.io import atomic_write  # noqa: E402
+from fxprune.atomic import atomic_write  # noqa: E402
 from fxprune.passes.bep import final_counts  # noqa: E402
 from fxprune.passes.grasp import grasp_scores  # noqa: E402
 from fxprune.passes.snip import snip_scores  # noqa: E402

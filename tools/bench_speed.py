@@ -41,7 +41,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -509,17 +508,11 @@ NOTES = [
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Create the folder if needed, then write ``text`` atomically (``fxprune.atomic.atomic_write``)."""
+    from fxprune.atomic import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def run(models: Sequence[str], repeats: int, warmup: int, torch_pruning: bool, command: str,

@@ -510,10 +510,10 @@ def markdown(records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 
 def atomic_write(path: str, text: str) -> None:
-    """Create the folder if needed, then write ``text`` atomically (``fxprune.io.atomic_write``)."""
+    """Create the folder if needed, then write ``text`` atomically (``fxprune.atomic.atomic_write``)."""
     from pathlib import Path
 
-    from fxprune.io import atomic_write as write_atomically
+    from fxprune.atomic import atomic_write as write_atomically
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomically(path, lambda tmp: Path(tmp).write_text(text))

@@ -50,11 +50,13 @@ __all__ = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fxprune-trace`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, argparse errors (already printed, one line)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    with warnings.catch_warnings():  # a dependency's import-time warning never precedes the one-line error
+        warnings.simplefilter("ignore")
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, argparse errors (already printed, one line)
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     stage = ["starting"]
     try:
         with warnings.catch_warnings():
@@ -74,10 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(exc: Exception, command: str, stage: str) -> tuple[str, int]:
     """The one-line message and exit code for an error raised while running ``command``."""
+    from fxprune.atomic import OutputError
     from fxprune.errors import FxpruneError, PassError
+    from fxprune.validate import NonFiniteOutputError
 
     if isinstance(exc, CLIError):
         return str(exc), 2
+    if isinstance(exc, (OutputError, NonFiniteOutputError)):  # their messages say how to fix it
+        return one_line(exc), 2
     if isinstance(exc, PassError):
         return f"{one_line(exc)}; rerun with --debug for the traceback and please report it", 1
     if isinstance(exc, FxpruneError):

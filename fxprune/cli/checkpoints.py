@@ -1,19 +1,28 @@
 """Reading CHECKPOINT: the four accepted kinds, and random example inputs that fit the model.
 
 (a) a ``state_dict`` (needs ``--model``), (b) a ``tools/train.py`` checkpoint,
-(c) a ``.fxp`` file written by ``fxprune.save``, (d) a pickled ``nn.Module``
-(unpickled only after a warning). Every problem with the file is a ``CLIError``.
+(c) a ``.fxp`` file written by ``fxprune.save``, (d) a pickled ``nn.Module``.
+Every problem with the file is a ``CLIError``.
+
+Security model: files are read with ``torch.load(weights_only=True)``; a file that
+would need unpickling (d, or anything holding pickled objects) is refused, with no
+code run, unless ``--no-weights-only`` is given (then a warning, and it must give an
+``nn.Module``). A ``.fxp`` file is checked field by field and by its weights digest
+(``fxprune.io``); the model it names is built from a registry (fxprune.models,
+torchvision.models, timm), and a user class it names is imported only with
+``--trust-source`` (importing runs that module's code; only an ``nn.Module``
+subclass is instantiated) or replaced by ``--model NAME``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from .errors import ANSI, CLIError, first_line, one_line, short, warn
+from .errors import CLIError, first_line, one_line, short, warn
 from .named_models import NAMED_KINDS, build_named, check_model_name, cli_kwargs, default_shape, label, named_source
 
 _MODULE_PREFIXES = ("torch.nn.modules.", "torch.fx.graph_module", "torchvision.models.", "fxprune.")
@@ -34,38 +43,34 @@ class Loaded:
 # ---------------------------------------------------------------------------- reading the file
 
 
-def _pickled_globals(path: Path, exc: BaseException) -> list[str]:
-    """Classes/functions a pickle refers to, read without unpickling."""
-    import torch
-
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # noqa: BLE001 - legacy (non-zip) format: the error names the first one
-        return re.findall(r"GLOBAL ([\w.]+)", ANSI.sub("", str(exc)))
-
-
 def _corrupt(path: Path, exc: BaseException) -> CLIError:
     """The error for a file torch.load cannot read at all."""
     return CLIError(f"{path} is not a readable PyTorch file (corrupt or truncated: {short(exc)}); "
                     f"save it again with torch.save")
 
 
-def torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)``; a pickled nn.Module only after a one-line warning."""
+def torch_load(path: Path, weights_only: bool = True) -> Any:
+    """``torch.load(weights_only=True)``; a file of pickled objects is a CLIError (no code run)
+    unless ``weights_only`` is False, and then it must be a pickled nn.Module (after a warning)."""
     import torch
+    from fxprune.pickle_scan import pickle_globals, shown_globals
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
+        names = pickle_globals(path)
+        if names is None:
             raise _corrupt(path, exc) from None
-        names = _pickled_globals(path, exc)
-        if not any(n.startswith(_MODULE_PREFIXES) for n in names):
-            shown = ", ".join(names[:3]) or "unknown objects"
-            raise CLIError(f"{path} holds pickled objects that are not a model ({shown}); save a state_dict "
-                           f"(torch.save(model.state_dict())) and pass --model") from None
     except Exception as exc:  # noqa: BLE001 - zip/EOF/Key errors all mean a damaged file
         raise _corrupt(path, exc) from None
+    if weights_only:
+        raise CLIError(f"{path} holds pickled Python objects{shown_globals(names)}; unpickling runs code from "
+                       f"the file, so it was not loaded and no code was run; pass --no-weights-only to unpickle "
+                       f"it if you trust the file, or save a state_dict (torch.save(model.state_dict())) and "
+                       f"pass --model")
+    if not any(n.startswith(_MODULE_PREFIXES) for n in names):
+        raise CLIError(f"{path} holds pickled objects that are not a model{shown_globals(names) or ' (unknown)'}; "
+                       f"save a state_dict (torch.save(model.state_dict())) and pass --model")
     return _unpickle_module(path)
 
 
@@ -74,8 +79,8 @@ def _unpickle_module(path: Path) -> Any:
     import torch
     from torch import nn
 
-    warn(f"{path} is a pickled model: unpickling it runs code from the file, so only continue with "
-         f"files you trust (a state_dict with --model needs no unpickling)")
+    warn(f"{path} is a pickled model: --no-weights-only unpickles it, which runs code from the file; only "
+         f"do so with files you trust (a state_dict with --model needs no unpickling)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
@@ -145,7 +150,7 @@ def load_checkpoint(path_text: str, args: argparse.Namespace) -> Loaded:
     if args.model is not None:
         check_model_name(args.model)
     kwargs = cli_kwargs(args)
-    obj = torch_load(path)
+    obj = torch_load(path, weights_only=getattr(args, "weights_only", True))
     if isinstance(obj, nn.Module):
         return _from_module(obj, args, kwargs)
     if isinstance(obj, dict) and obj.get("format") == fxio.FORMAT:
@@ -177,12 +182,16 @@ def _from_module(model: Any, args: argparse.Namespace, kwargs: dict) -> Loaded:
     return Loaded(model, label(source, model), source, shapes, original=lambda: model)
 
 
-def _from_fxp(payload: dict, path: Path, args: argparse.Namespace, kwargs: dict) -> Loaded:
-    """(c) a .fxp file, reloaded with fxprune.load on its original (or the --model) definition."""
-    import fxprune
+def _from_fxp(obj: dict, path: Path, args: argparse.Namespace, kwargs: dict) -> Loaded:
+    """(c) a .fxp file (fields and digest checked), reloaded on its original (or the --model) definition;
+    a class it names is imported only with --trust-source."""
     from fxprune import io as fxio
-    from fxprune.errors import InputError, PlanError
+    from fxprune.errors import InputError
 
+    try:
+        payload = fxio.check_payload(obj, str(path))
+    except InputError as exc:
+        raise CLIError(f"{one_line(exc)}; pass a .fxp file written by fxprune.save or 'fxprune-trace prune'") from None
     original: Callable[[], Any]
     if args.model is not None:
         def original() -> Any:
@@ -190,21 +199,49 @@ def _from_fxp(payload: dict, path: Path, args: argparse.Namespace, kwargs: dict)
         source = named_source(args.model, kwargs)
     else:
         source = dict(payload["source"])
-        if kwargs and source.get("kind") in NAMED_KINDS:
-            source["kwargs"] = {**source.get("kwargs", {}), **kwargs}
+        if kwargs and source["kind"] in NAMED_KINDS:
+            source["kwargs"] = {**source["kwargs"], **kwargs}
+        trust = bool(getattr(args, "trust_source", False))
 
         def original() -> Any:
-            return fxio.build_model(source)
-    try:
-        gm = fxprune.load(path, model=original())
-    except InputError as exc:
-        raise CLIError(f"cannot rebuild the model {path} was pruned from ({one_line(exc)}); "
-                       f"pass --model NAME with its fxprune.models/torchvision.models name") from None
-    except PlanError as exc:
-        raise CLIError(f"{one_line(exc)}; pass the --model (and --num-classes/--in-channels) "
-                       f"{path} was pruned from") from None
+            return fxio.build_model(source, trust_source=trust, where=str(path))
+    with fxp_errors(path):
+        gm = fxio.rebuild(payload, original(), str(path))
     shapes = [tuple(s) for s in payload["input_shapes"]]
     return Loaded(gm, f"pruned {label(source, None)}", source, shapes, payload=payload, original=original)
+
+
+@contextlib.contextmanager
+def fxp_errors(path: Path) -> Iterator[None]:
+    """Errors of rebuilding the model of .fxp file ``path`` as one-line CLIErrors with a fix."""
+    from fxprune.errors import InputError, PlanError
+    from fxprune.io import PickledFileError, UntrustedSourceError
+
+    try:
+        yield
+    except UntrustedSourceError as exc:
+        raise CLIError(f"{path} names the model class {exc.class_name!r}; rebuilding it would import "
+                       f"{exc.class_name.partition(':')[0]!r} and run its code, so nothing was imported and no "
+                       f"code was run; pass --trust-source if you trust the file, or --model NAME with the "
+                       f"fxprune.models/torchvision.models name it was pruned from") from None
+    except PickledFileError as exc:
+        raise pickled_fxp_error(path, exc) from None
+    except InputError as exc:
+        raise CLIError(f"cannot rebuild the model {path} was pruned from ({one_line(exc)}); pass --model NAME "
+                       f"with its fxprune.models/torchvision.models name") from None
+    except PlanError as exc:
+        raise CLIError(f"{one_line(exc)}; pass the --model (and --num-classes/--in-channels) {path} was "
+                       f"pruned from") from None
+
+
+def pickled_fxp_error(path: Path, exc: Any) -> CLIError:
+    """The error for a pickled file where a .fxp file is expected (``fxprune.io.PickledFileError``)."""
+    from fxprune.pickle_scan import shown_globals
+
+    return CLIError(f"{path} holds pickled Python objects{shown_globals(exc.globals)}, not a .fxp file; .fxp "
+                    f"files are plain data and are never unpickled, so no code was run (--no-weights-only "
+                    f"applies to a groups/prune CHECKPOINT only); pass a .fxp file written by fxprune.save or "
+                    f"'fxprune-trace prune'")
 
 
 def _from_train_checkpoint(obj: dict, path: Path, args: argparse.Namespace, kwargs: dict) -> Loaded:

@@ -10,10 +10,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import example_inputs, load_checkpoint, shape_text
+from .checkpoints import example_inputs, fxp_errors, load_checkpoint, pickled_fxp_error, shape_text
 from .errors import PROG, CLIError, one_line
 from .named_models import build_named, check_model_name, cli_kwargs, label
-from .outputs import flatten, max_abs_error, run_onnx_file
+from .outputs import flatten, max_abs_error, run_onnx_file_batches
 from .prune import cmd_prune
 
 __all__ = ["cmd_groups", "cmd_prune", "cmd_validate"]
@@ -60,9 +60,12 @@ def cmd_validate(args: argparse.Namespace, stage: list[str]) -> int:
 
     stage[0] = f"reading {path}"
     payload = _read_fxp(path)
+    if onnx is not None:
+        stage[0] = f"checking that {onnx} was written with {path}"
+        _check_onnx_pair(payload, onnx, path)
     original = build_named(args.model, cli_kwargs(args))[0] if args.model else None
     stage[0] = f"reloading {path} with fxprune.load"
-    gm = _reload(path, original)
+    gm = _reload(path, original, trust_source=args.trust_source)
     gen = torch.Generator().manual_seed(args.seed)
     inputs = tuple(torch.randn(tuple(s), generator=gen) for s in payload["input_shapes"])
     params, macs = count_params(gm), count_macs(gm, inputs)
@@ -81,29 +84,24 @@ def cmd_validate(args: argparse.Namespace, stage: list[str]) -> int:
 
 
 def _read_fxp(path: Path) -> dict:
-    """The payload of a .fxp file (``fxprune.io.read``); unreadable files are a CLIError."""
+    """The checked payload of a .fxp file (``fxprune.io.read``); unreadable files are a CLIError."""
     from fxprune import io as fxio
     from fxprune.errors import InputError
 
     try:
         return fxio.read(path)
+    except fxio.PickledFileError as exc:
+        raise pickled_fxp_error(path, exc) from None
     except InputError as exc:
         raise CLIError(f"{one_line(exc)}; pass a .fxp file written by fxprune.save or '{PROG} prune'") from None
 
 
-def _reload(path: Path, original: Any) -> Any:
-    """``fxprune.load(path, model=original)``; a definition that does not fit is a CLIError."""
+def _reload(path: Path, original: Any, trust_source: bool = False) -> Any:
+    """``fxprune.load(path, model=original, trust_source=...)``; problems are one-line CLIErrors."""
     import fxprune
-    from fxprune.errors import InputError, PlanError
 
-    try:
-        return fxprune.load(path, model=original)
-    except InputError as exc:
-        raise CLIError(f"cannot rebuild the model {path} was pruned from ({one_line(exc)}); pass --model NAME "
-                       f"with its fxprune.models/torchvision.models name") from None
-    except PlanError as exc:
-        raise CLIError(f"{one_line(exc)}; pass the --model (and --num-classes/--in-channels) {path} was "
-                       f"pruned from") from None
+    with fxp_errors(path):
+        return fxprune.load(path, model=original, trust_source=trust_source)
 
 
 def _check_recorded_params(payload: dict, params: int, path: Path) -> None:
@@ -116,19 +114,37 @@ def _check_recorded_params(payload: dict, params: int, path: Path) -> None:
                               f"saved; pass the --model it was pruned from")
 
 
+def _check_onnx_pair(payload: dict, onnx: Path, path: Path) -> None:
+    """The ONNX file must be the one written with the .fxp file (``fxprune.io.check_onnx_pair``);
+    a .fxp file that records no ONNX file is compared by its outputs only (a line says so)."""
+    from fxprune import io as fxio
+    from fxprune.errors import InputError
+
+    try:
+        recorded = fxio.check_onnx_pair(payload, onnx, str(path))
+    except InputError as exc:
+        raise CLIError(one_line(exc)) from None
+    if not recorded:
+        print(f"{onnx}: {path} records no ONNX file written with it; comparing their outputs only")
+
+
 def _compare_onnx_file(onnx: Path, path: Path, gm: Any, inputs: tuple, rtol: float) -> None:
-    """Run ``onnx`` in onnxruntime and compare it with the reloaded model; print the verdict."""
+    """Run ``onnx`` in onnxruntime at the recorded batch size (and one more when its batch axis is
+    dynamic), compare it with the reloaded model and print the verdict."""
     import torch
 
     from fxprune.errors import ValidationError
 
-    outs = run_onnx_file(onnx, inputs, str(path))
-    with torch.no_grad():
-        refs = flatten(gm(*inputs))
-    err, scale = max_abs_error(refs, outs)
-    tol = rtol * max(1.0, scale)
+    err = tol = 0.0
+    sizes = []
+    for args, outs in run_onnx_file_batches(onnx, inputs, str(path)):
+        with torch.no_grad():
+            refs = flatten(gm(*args))
+        run_err, scale = max_abs_error(refs, outs)
+        err, tol = max(err, run_err), max(tol, rtol * max(1.0, scale))
+        sizes.append(str(args[0].shape[0]) if args and args[0].dim() else "-")
     verdict = "ok" if err <= tol else "MISMATCH"
-    print(f"{onnx} vs reloaded model: {verdict} max_abs={err:.3g} tol={tol:.3g}")
+    print(f"{onnx} vs reloaded model: {verdict} max_abs={err:.3g} tol={tol:.3g} (batch {', '.join(sizes)})")
     if err > tol:
         raise ValidationError(f"{onnx} disagrees with the reloaded {path}: max abs error {err:.3g} > "
                               f"tolerance {tol:.3g}")

@@ -1,4 +1,5 @@
-"""Models by name: fxprune.models and torchvision.models, as ``--model NAME`` selects them.
+"""Models by name: fxprune.models, torchvision.models and timm (when installed), as ``--model NAME``
+selects them.
 
 Checks a name (suggesting close matches), builds the model with the
 ``--num-classes``/``--in-channels`` constructor arguments, and describes it the
@@ -11,9 +12,9 @@ import argparse
 import difflib
 from typing import Any
 
-from .errors import CLIError, first_line
+from .errors import CLIError, first_line, one_line
 
-NAMED_KINDS = ("fxprune.models", "torchvision.models")
+NAMED_KINDS = ("fxprune.models", "torchvision.models", "timm")
 
 
 def zoo_names() -> list[str]:
@@ -30,15 +31,22 @@ def torchvision_names() -> list[str]:
     return torchvision.models.list_models()
 
 
+def timm_names() -> list[str]:
+    """The timm model names (empty when timm is not installed)."""
+    from fxprune.sources import registry_names
+
+    return registry_names("timm")
+
+
 def check_model_name(name: str) -> None:
-    """Raise CLIError for a name that is neither in fxprune.models nor in torchvision.models."""
-    if name in zoo_names() or name in torchvision_names():
+    """Raise CLIError for a name that is in none of fxprune.models, torchvision.models, timm."""
+    if name in zoo_names() or name in torchvision_names() or name in timm_names():
         return
     close = difflib.get_close_matches(name, zoo_names() + torchvision_names(), n=3)
     guess = f" (did you mean {', '.join(close)}?)" if close else ""
     raise CLIError(f"unknown model {name!r}{guess}; pass --model with a fxprune.models name "
                    f"({', '.join(zoo_names())}) or a torchvision.models name (see "
-                   f"torchvision.models.list_models())")
+                   f"torchvision.models.list_models()), or a timm name when timm is installed")
 
 
 def build_named(name: str, kwargs: dict) -> tuple[Any, dict]:
@@ -47,8 +55,10 @@ def build_named(name: str, kwargs: dict) -> tuple[Any, dict]:
     kwargs = dict(kwargs)
     if name in zoo_names():
         model = _build_zoo(name, kwargs)
-    else:
+    elif name in torchvision_names():
         model = _build_torchvision(name, kwargs)
+    else:
+        model = _build_timm(name, kwargs)
     return model.eval(), named_source(name, kwargs)
 
 
@@ -64,17 +74,32 @@ def _build_zoo(name: str, kwargs: dict) -> Any:
 
 
 def _build_torchvision(name: str, kwargs: dict) -> Any:
-    """``torchvision.models.get_model(name, weights=None, **kwargs)``; errors as CLIError."""
-    import torchvision
+    """The torchvision builder with ``weights=None`` (and ``weights_backbone=None``: nothing is
+    downloaded); errors as CLIError."""
+    from fxprune.sources import build_torchvision
 
     if "in_channels" in kwargs:
         raise CLIError(f"--in-channels applies to fxprune.models only; torchvision model {name} "
                        f"takes 3-channel input, drop --in-channels")
     try:
-        return torchvision.models.get_model(name, weights=None, **kwargs)
+        return build_torchvision(name, kwargs)
     except Exception as exc:  # noqa: BLE001 - constructors raise many types
         raise CLIError(f"cannot build torchvision model {name} with {kwargs}: {first_line(exc)}; "
                        f"check --num-classes") from None
+
+
+def _build_timm(name: str, kwargs: dict) -> Any:
+    """``timm.create_model(name, pretrained=False, **kwargs)``; errors as CLIError."""
+    from fxprune.errors import InputError
+    from fxprune.sources import build_registered
+
+    if "in_channels" in kwargs:
+        raise CLIError(f"--in-channels applies to fxprune.models only; timm model {name} takes in_chans, "
+                       f"drop --in-channels")
+    try:
+        return build_registered("timm", name, kwargs)
+    except InputError as exc:
+        raise CLIError(f"{one_line(exc)}; check --num-classes") from None
 
 
 def named_source(name: str, kwargs: dict) -> dict:

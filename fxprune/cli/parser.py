@@ -17,8 +17,8 @@ from .values import float_in, int_at_least, key_value, names, parse_shape, posit
 CHECKPOINT_HELP = (
     "a state_dict saved with torch.save(model.state_dict()) (needs --model), a tools/train.py "
     "checkpoint, a .fxp file written by fxprune.save / 'fxprune-trace prune', or a pickled "
-    "nn.Module saved with torch.save(model) (unpickling runs code from the file: a warning is "
-    "printed first)")
+    "nn.Module saved with torch.save(model) (only with --no-weights-only: unpickling runs code "
+    "from the file)")
 STRICT_HELP = "fail on ops without a channel rule instead of treating them as barriers"
 
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fxprune import __version__
 
     model, shape, run = _model_options(), _shape_option(), _run_options()
+    checkpoint_trust, fxp_trust = _trust_options(unpickle=True), _trust_options(unpickle=False)
     parser = Parser(
         prog=PROG, formatter_class=Formatter,
         description=wrap("Structured pruning with fxprune: inspect a model's channel groups, prune it "
@@ -81,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    _add_groups(sub, [model, shape, run])
-    _add_prune(sub, [model, shape, run])
-    _add_validate(sub, [model, run])
+    _add_groups(sub, [model, shape, run, checkpoint_trust])
+    _add_prune(sub, [model, shape, run, checkpoint_trust])
+    _add_validate(sub, [model, run, fxp_trust])
     parser.epilog = overview(sub)
     return parser
 
@@ -121,6 +122,22 @@ def _run_options() -> argparse.ArgumentParser:
                       help="seed of the random example inputs and of --method random")
     opts.add_argument("--debug", action="store_true",
                       help="show Python warnings and re-raise errors with their traceback")
+    return opts
+
+
+def _trust_options(unpickle: bool) -> argparse.ArgumentParser:
+    """Parent parser: ``--trust-source`` and, for a CHECKPOINT, ``--no-weights-only``."""
+    opts = argparse.ArgumentParser(add_help=False)
+    g = opts.add_argument_group("trust (what a file may make fxprune-trace run)")
+    g.add_argument("--trust-source", action="store_true", help=(
+        "let a .fxp file that names a user model class ('module:qualname') import that module, which runs "
+        "its code, and build the class (only an nn.Module subclass is ever instantiated); without it such a "
+        "file is refused and nothing is imported (or pass --model NAME)"))
+    if unpickle:
+        g.add_argument("--no-weights-only", dest="weights_only", action="store_false", help=(
+            "let CHECKPOINT be a pickled nn.Module: torch.load(weights_only=False), which runs code from "
+            "the file, so only for files you trust; without it a file that needs unpickling is refused and "
+            "no code is run")).default_text = "off: torch.load(weights_only=True)"
     return opts
 
 
@@ -185,6 +202,9 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
                    help="where to write the pruned model (fxprune.save format); its directory must exist")
     p.add_argument("--onnx", metavar="FILE.onnx",
                    help="also write the pruned model as ONNX here; its directory must exist (default: none)")
+    p.add_argument("--static-shapes", action="store_true", help=(
+        "export ONNX with every shape fixed to the example input's, instead of a dynamic 'batch' axis on "
+        "dim 0 of every input and output (checked in onnxruntime at two batch sizes)"))
     p.add_argument("--latency-runs", type=int_at_least(0), default=20, metavar="N",
                    help="onnxruntime runs whose median latency is reported before and after (0 skips it)")
     p.add_argument("--dump-passes", metavar="DIR", help=(

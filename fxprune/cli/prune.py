@@ -1,9 +1,17 @@
 """``fxprune-trace prune``: prune CHECKPOINT, check it, write ``.fxp`` (and ``.onnx``), print a summary.
 
-Order of work: check the options and output paths, load the model (and calibration
-data), ``fxprune.compile``, measure the original in onnxruntime, then write every
-output to a temporary file, reload the ``.fxp`` with ``fxprune.load`` and only then
-move the files into place.
+Order of work: check the options and output paths (an output may not be the checkpoint, nor
+an existing device node, FIFO, socket or directory), load the model (and calibration data),
+check that it gives finite outputs, ``fxprune.compile``, measure the original in onnxruntime,
+then write every output to a temporary file, reload the ``.fxp`` with ``fxprune.load`` and
+only then move the files into place.
+
+Publish order: the ``.fxp`` first, then the ``.onnx``. The ``.fxp`` records the sha256 of the
+ONNX file written with it, so a crash that no handler can catch (SIGKILL, power loss) between
+the two renames leaves the new ``.fxp`` beside the old ``.onnx`` and ``validate --onnx`` says
+they were not written together. The other order could leave a new ``.onnx`` beside an old
+``.fxp`` written before the digest was recorded: a mismatch nothing could detect. SIGTERM and
+SIGINT are held back during the renames (``fxprune.atomic``), so they never split the pair.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ from .calibration import check_data_spec, load_data
 from .checkpoints import Loaded, example_inputs, load_checkpoint, shape_text
 from .errors import CLIError, InternalError, describe, one_line, warn
 from .named_models import NAMED_KINDS
-from .outputs import PassDumper, check_output, flatten, max_abs_error, write_together
+from .outputs import PassDumper, check_output, flatten, max_abs_error, same_file, write_together
 
 
 @dataclass
@@ -42,6 +50,8 @@ def cmd_prune(args: argparse.Namespace, stage: list[str]) -> int:
     stage[0] = "loading the checkpoint"
     loaded = load_checkpoint(args.checkpoint, args)
     inputs = example_inputs(loaded, args)
+    stage[0] = "running the model on the example inputs"
+    _require_finite_outputs(loaded, inputs)
     options = method_options(args)
     if needs_data:
         stage[0] = "loading the calibration data"
@@ -54,8 +64,8 @@ def cmd_prune(args: argparse.Namespace, stage: list[str]) -> int:
 
     stage[0] = "measuring the original model in onnxruntime"
     before = _validate_original(loaded, inputs, args)
-    latency = _write_outputs(result, loaded, inputs, before, args, where, stage)
-    _print_summary(result, loaded, inputs, before, latency, args, where, dumper)
+    latency, exported = _write_outputs(result, loaded, inputs, before, args, where, stage)
+    _print_summary(result, loaded, inputs, before, latency, args, where, dumper, exported)
     return 0
 
 
@@ -76,9 +86,9 @@ def _check_options(args: argparse.Namespace, needs_data: bool) -> Outputs:
     if needs_data and args.data is None:
         raise CLIError(f"method {args.method!r} needs calibration data; pass --data fashion-mnist, --data "
                        f"bundled or --data DIR (a folder of (inputs, targets) .pt batches)")
-    out = check_output(args.out, "--out")
-    onnx = check_output(args.onnx, "--onnx")
-    if onnx is not None and onnx.resolve() == out.resolve():
+    out = check_output(args.out, "--out", inputs=[args.checkpoint])
+    onnx = check_output(args.onnx, "--onnx", inputs=[args.checkpoint])
+    if onnx is not None and same_file(onnx, out):
         raise CLIError("--out and --onnx name the same file; pass two different paths")
     dump = Path(args.dump_passes) if args.dump_passes else None
     if dump is not None and dump.exists() and not dump.is_dir():
@@ -147,64 +157,101 @@ def _compile(loaded: Loaded, inputs: tuple, args: argparse.Namespace, options: d
         raise InternalError(f"pruning failed{after}: {describe(exc)}") from exc
 
 
+def _require_finite_outputs(loaded: Loaded, inputs: tuple) -> None:
+    """The unpruned model must give finite outputs on the example inputs: NaN/inf can never be
+    validated. (A model that fails to run is left to ``fxprune.compile`` to report.)"""
+    import torch
+
+    from fxprune.report import eval_mode
+    from fxprune.validate import flatten_outputs, non_finite
+
+    try:
+        with eval_mode(loaded.model), torch.no_grad():
+            outputs = flatten_outputs(loaded.model(*inputs))
+    except Exception:  # noqa: BLE001 - reported with context by the trace in fxprune.compile
+        return
+    where = non_finite(outputs)
+    if where:
+        raise CLIError(f"the model already produces NaN/inf on the example inputs ({where}), before any "
+                       f"pruning; check the checkpoint's weights for NaN/inf (and --input-shape)")
+
+
 def _validate_original(loaded: Loaded, inputs: tuple, args: argparse.Namespace) -> Any:
     """The original model's onnxruntime report (with its ONNX bytes), None if it cannot be exported."""
     from fxprune.errors import ValidationError
     from fxprune.validate import validate
 
     try:
-        return validate(loaded.model, inputs, rtol=args.rtol, keep_onnx=True, raise_on_mismatch=False)
+        return validate(loaded.model, inputs, rtol=args.rtol, keep_onnx=True, raise_on_mismatch=False,
+                        dynamic_batch=not args.static_shapes)
     except ValidationError as exc:
         warn(f"the original model could not be checked in onnxruntime: {one_line(exc)}")
         return None
 
 
 def _write_outputs(result: Any, loaded: Loaded, inputs: tuple, before: Any, args: argparse.Namespace,
-                   where: Outputs, stage: list[str]) -> tuple[str, str, str]:
-    """Write the ONNX and .fxp files (all or nothing), measuring latency in between; returns
-    the latency row's cells (before, after, after/before)."""
-    from fxprune.validate import save_onnx, validate
+                   where: Outputs, stage: list[str]) -> tuple[tuple[str, str, str], Any]:
+    """Write the .fxp and ONNX files (all or nothing; see the module doc for the order), measuring
+    latency in between; returns the latency row's cells (before, after, after/before) and the
+    pruned model's ONNX report (None when neither --onnx nor latency runs asked for it)."""
+    import hashlib
 
-    pruned = result.module
     latency = ("-", "-", "")
+    exported = None
+    if where.onnx is not None or args.latency_runs:
+        stage[0] = "exporting the pruned model to ONNX"
+        exported = _export_pruned(result.module, inputs, args, where)
 
     def work(tmp_out: Path, tmp_onnx: Path | None) -> None:
         """Fill the temporary files; ``write_together`` publishes them when this returns."""
         nonlocal latency
-        pruned_bytes = None
+        onnx_record = None
         if tmp_onnx is not None:
             stage[0] = f"writing {where.onnx}"
-            save_onnx(pruned, inputs, tmp_onnx)
-            pruned_bytes = tmp_onnx.read_bytes()
-        elif args.latency_runs:
-            pruned_bytes = validate(pruned, inputs, rtol=args.rtol, keep_onnx=True).onnx_bytes
+            tmp_onnx.write_bytes(exported.onnx_bytes)
+            onnx_record = (hashlib.sha256(exported.onnx_bytes).hexdigest(), where.onnx.name)
         if args.latency_runs:
             stage[0] = "measuring onnxruntime latency"
-            latency = _latency(pruned_bytes, before, inputs, args.latency_runs)
+            latency = _latency(exported, before, inputs, args.latency_runs)
         stage[0] = f"writing {where.out}"
-        named = _save(result, loaded, tmp_out)
+        named = _save(result, loaded, tmp_out, onnx_record)
         stage[0] = f"reloading {where.out} with fxprune.load"
-        check_reload(tmp_out, where.out, pruned, inputs, loaded, named)
+        check_reload(tmp_out, where.out, result.module, inputs, loaded, named)
 
+    stage[0] = f"writing {where.out}" + (f" and {where.onnx}" if where.onnx is not None else "")
     write_together([where.out, where.onnx], work)
-    return latency
+    return latency, exported
 
 
-def _latency(pruned_bytes: bytes, before: Any, inputs: tuple, runs: int) -> tuple[str, str, str]:
+def _export_pruned(pruned: Any, inputs: tuple, args: argparse.Namespace, where: Outputs) -> Any:
+    """The pruned model exported to ONNX and checked in onnxruntime (its report, with the bytes):
+    a dynamic batch axis unless --static-shapes (a warning says why when the model needs fixed shapes)."""
+    from fxprune.validate import validate
+
+    report = validate(pruned, inputs, rtol=args.rtol, keep_onnx=True, dynamic_batch=not args.static_shapes)
+    if report.note and where.onnx is not None:
+        warn(f"{where.onnx}: {report.note}")
+    return report
+
+
+def _latency(exported: Any, before: Any, inputs: tuple, runs: int) -> tuple[str, str, str]:
     """Median onnxruntime latency of the original and the pruned model, as table cells."""
     from fxprune.validate import ort_latency
 
-    after_s = ort_latency(pruned_bytes, inputs, runs=runs)
-    before_s = ort_latency(before.onnx_bytes, inputs, runs=runs) if before is not None else None
+    after_s = ort_latency(exported.onnx_bytes, inputs, runs=runs, input_names=exported.input_names)
+    before_s = (ort_latency(before.onnx_bytes, inputs, runs=runs, input_names=before.input_names)
+                if before is not None else None)
     return (f"{before_s * 1e3:.2f} ms" if before_s is not None else "-", f"{after_s * 1e3:.2f} ms",
             f"{after_s / before_s:.1%}" if before_s else "")
 
 
-def _save(result: Any, loaded: Loaded, path: Path) -> bool:
-    """``fxprune.save`` the result (a re-pruned .fxp as one plan on the original model);
-    returns whether the file names a zoo/torchvision model."""
+def _save(result: Any, loaded: Loaded, path: Path, onnx_record: tuple[str, str] | None = None) -> bool:
+    """``fxprune.save`` the result (a re-pruned .fxp as one plan on the original model), recording
+    ``onnx_record`` (sha256, file name) of the ONNX file written with it; returns whether the file
+    names a zoo/torchvision model."""
     import fxprune
 
+    onnx = {"onnx_sha256": onnx_record[0], "onnx_file": onnx_record[1]} if onnx_record else {}
     save_result = result
     source = loaded.source
     if loaded.payload is not None:  # a .fxp pruned again: one plan on the original
@@ -212,11 +259,11 @@ def _save(result: Any, loaded: Loaded, path: Path) -> bool:
         save_result = dataclasses.replace(result, plan=compose_plan(loaded.payload["plan"], result.plan, units))
     named = source is not None and source.get("kind") in NAMED_KINDS
     if named:
-        fxprune.save(save_result, path, model_name=source["name"], model_kwargs=source.get("kwargs"))
+        fxprune.save(save_result, path, model_name=source["name"], model_kwargs=source.get("kwargs"), **onnx)
     else:
         if source is not None:
             save_result = dataclasses.replace(save_result, source=source)
-        fxprune.save(save_result, path)
+        fxprune.save(save_result, path, **onnx)
     return named
 
 
@@ -281,7 +328,7 @@ def _reload_error(tmp: Path, final: Path, want: list, inputs: tuple, model: Any 
 
 
 def _print_summary(result: Any, loaded: Loaded, inputs: tuple, before: Any, latency: tuple[str, str, str],
-                   args: argparse.Namespace, where: Outputs, dumper: PassDumper) -> None:
+                   args: argparse.Namespace, where: Outputs, dumper: PassDumper, exported: Any) -> None:
     """What was pruned, the before/after table, timings, warnings and the files written."""
     from fxprune.report import format_table, human
 
@@ -302,7 +349,8 @@ def _print_summary(result: Any, loaded: Loaded, inputs: tuple, before: Any, late
         warn(w)
     written = [f"{where.out} ({human(where.out.stat().st_size)}B)"]
     if where.onnx is not None:
-        written.append(f"{where.onnx} ({human(where.onnx.stat().st_size)}B)")
+        batch = "dynamic batch" if exported.dynamic_batch else "fixed shapes"
+        written.append(f"{where.onnx} ({human(where.onnx.stat().st_size)}B, {batch})")
     if where.dump is not None:
         written.append(f"{len(dumper.done)} pass dumps in {where.dump}")
     print("wrote " + ", ".join(written))
