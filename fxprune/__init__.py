@@ -18,8 +18,8 @@ from .rewrite import rewrite
 from .trace import trace
 from .training import TrainConfig
 from .validate import ValidationReport, validate
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ChannelGraph", "FxpruneError", "Group", "InputError", "ParamSlice", "Pass", "PassError", "Pipeline",

@@ -1,106 +1,29 @@
-"""``fxprune.compile``: trace -> analyze -> method -> rewrite -> validate, in one call."""
+"""``fxprune.compile``: trace -> analyze -> method -> rewrite -> validate, in one call.
+
+A training-time method (``trained_methods``) goes through ``compile_trained``: prepare -> fit
+(pruning phase) -> finalize (fold + rewrite) -> fine-tune -> validate.
+"""
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.infra.pass_base import PassResult
 
 from .errors import InputError
 from .io import model_source
 from .pipeline import Pipeline
-from .report import count_macs, count_params, format_table, human
+from .prepare import _prepare, method_pass, trained_methods
+from .report import count_macs, count_params
+from .result import GroupReport, Report, Result
 from .state import state_of
 from .trace import as_input_tuple, trace
+from .training import finetune
+from .validate import validate as onnx_validate
 
-
-@dataclass
-class GroupReport:
-    id: str
-    units: int
-    kept: int
-
-    @property
-    def removed(self) -> int:
-        return self.units - self.kept
-
-
-@dataclass
-class Report:
-    """What a compile did: costs before/after, per-group kept/removed, seconds per pass."""
-
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    groups: list[GroupReport] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    validation: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)  # method-specific (itpcc: target, reached, log)
-
-    @property
-    def macs_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    @property
-    def params_ratio(self) -> float:
-        return self.params_after / self.params_before if self.params_before else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["macs_ratio"], d["params_ratio"] = self.macs_ratio, self.params_ratio
-        return d
-
-    def __str__(self) -> str:
-        rows = [
-            ("params", human(self.params_before), human(self.params_after), f"{self.params_ratio:.1%}"),
-            ("MACs", human(self.macs_before), human(self.macs_after), f"{self.macs_ratio:.1%}"),
-        ]
-        lines = [format_table(rows, header=("", "before", "after", "after/before"))]
-        pruned = [g for g in self.groups if g.removed]
-        lines.append(f"groups pruned: {len(pruned)} of {len(self.groups)} "
-                     f"({sum(g.removed for g in pruned)} units removed)")
-        lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()))
-        if self.validation:
-            lines.append(self.validation)
-        if self.details.get("summary"):
-            lines.append(self.details["summary"])
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
-
-
-@dataclass
-class Result:
-    """``module`` (the pruned GraphModule), ``plan`` (kept units per group, JSON-able), ``report``."""
-
-    module: fx.GraphModule
-    plan: dict[str, list[int]]
-    report: Report
-    graph: Any  # the ChannelGraph of the original model
-    source: dict[str, Any] = field(default_factory=dict)  # how to rebuild the original (fxprune.save)
-    input_shapes: list[tuple[int, ...]] = field(default_factory=list)
-
-    def plan_json(self) -> str:
-        return json.dumps(self.plan, sort_keys=True)
-
-
-def method_pass(method: str, options: dict[str, Any]):
-    """Instantiate the pass for ``method`` with ``options`` (unknown ones are an InputError)."""
-    from .passes import METHODS
-
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
-    cls = METHODS[method]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise InputError(f"method {method!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(known))}")
-    return cls(**options)
+__all__ = ["GroupReport", "Report", "Result", "compile", "compile_trained", "method_pass"]
 
 
 def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity: float = 0.5, *,
@@ -113,7 +36,6 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
     the returned module is in the same train/eval mode.
     """
     from .passes import Analyze, Rewrite, Validate
-    from .prepare import compile_trained, trained_methods
 
     if method in trained_methods():  # prepare -> train -> finalize -> fine-tune -> validate
         return compile_trained(model, example_inputs, method, {"sparsity": sparsity, **options}, validate=validate,
@@ -146,3 +68,43 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
 
 def _cost(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:
     return count_params(gm), count_macs(gm, inputs)
+
+
+def compile_trained(model: nn.Module, example_inputs: Any, method: str, options: dict[str, Any], *,
+                    validate: bool = True, rtol: float = 1e-4, strict: bool = False, leaf_modules=(),
+                    concrete_args: dict | None = None, callback=None) -> Any:
+    """``fxprune.compile`` for a training-time method (see module doc); returns a Result."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    opts = method_pass(method, options)
+    config = opts.train_config()
+    prepared = _prepare(model, inputs, method, opts, strict, leaf_modules, concrete_args)
+    _notify(callback, "analyze", prepared.graph.gm, prepared.timings["analyze"])
+    prepared.fit(config)
+    _notify(callback, method, prepared.module, prepared.timings.get(method, 0.0))
+    result = prepared.finalize(validate=False)
+    _notify(callback, "rewrite", result.module, result.report.seconds.get("rewrite", 0.0))
+    report = result.report
+    if config.finetune_epochs:
+        start = time.perf_counter()
+        report.details["finetune"] = finetune(result.module, config)
+        report.seconds["finetune"] = time.perf_counter() - start
+        _notify(callback, "finetune", result.module, report.seconds["finetune"])
+    result.module.cpu()
+    if validate:
+        start = time.perf_counter()
+        state_of(result.module).validation = onnx_validate(result.module.eval(), inputs, rtol=rtol)
+        report.seconds["validate"] = time.perf_counter() - start
+        report.validation = str(state_of(result.module).validation)
+        _notify(callback, "validate", result.module, report.seconds["validate"])
+    state = state_of(result.module)
+    state.channel_graph = prepared.graph
+    state.timings = dict(report.seconds)
+    result.module.train(model.training)
+    return result
+
+
+def _notify(callback, name: str, gm: fx.GraphModule, seconds: float) -> None:
+    if callback is not None:
+        callback(name, PassResult(gm, True), seconds)

@@ -22,7 +22,7 @@ from torch import nn
 
 import fxprune
 import fxprune.models as zoo
-from fxprune.data import bundled
+from fxprune.training.data import bundled
 from fxprune.report import format_table, human
 from fxprune.validate import ort_latency, validate
 

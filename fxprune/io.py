@@ -136,7 +136,7 @@ def save(result: Any, path: str | os.PathLike, *, model_name: str | None = None,
     ``onnx_file`` (given together) record the ONNX file written with this one (``check_onnx_pair``).
     Raises InputError naming the field when something would not be plain, loadable data.
     """
-    from . import __version__
+    from .version import __version__
 
     if (onnx_sha256 is None) != (onnx_file is None):
         raise InputError("onnx_sha256 and onnx_file go together; pass both or neither")

@@ -8,7 +8,7 @@ of all groups together (a global budget); ``layer_actgrad`` keeps the best of
 each group under per-layer budgets.
 
 Needs: ``Analyze``; ``data`` with targets and ``loss_fn`` (default cross-entropy).
-Guarantees: see fxprune.layerwise.
+Guarantees: see fxprune.passes.submodular.layerwise.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from fxprune.layerwise import LayerwiseContext, LayerwisePass
+from fxprune.passes.submodular.layerwise import LayerwiseContext, LayerwisePass
 from fxprune.mask import gate_key, mask
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from fxprune.errors import InputError
 from fxprune.mask import gate_key, mask
-from fxprune.scoring import ScorePass
+from fxprune.passes.scoring import ScorePass
 
 from .taylor import _split_batch
 

@@ -7,7 +7,7 @@ added twice, as in the authors' code). Earlier groups stay pruned while later
 ones are chosen. Cost: about ``k x units`` forward passes on one batch per group.
 
 Needs: ``Analyze``; ``data`` with targets; ``loss_fn`` (default cross-entropy).
-Guarantees: see fxprune.layerwise.
+Guarantees: see fxprune.passes.submodular.layerwise.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from fxprune.layerwise import LayerwiseContext, LayerwisePass
+from fxprune.passes.submodular.layerwise import LayerwiseContext, LayerwisePass
 from fxprune.mask import gate_key, mask
 
 

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fxprune.scoring import ScorePass, per_unit, reduce_except
+from fxprune.passes.scoring import ScorePass, per_unit, reduce_except
 
 
 def _magnitudes(params: dict, min_ndim: int):

@@ -5,7 +5,7 @@ global, as the submodular paper's RANDOM; with ``sparsity`` it follows
 ``scope``, local by default); ``layer_random`` prunes each group under
 per-layer budgets. Both reproducible for a ``seed``.
 
-Needs: ``Analyze`` (``data`` only to reweight). Guarantees: see fxprune.layerwise.
+Needs: ``Analyze`` (``data`` only to reweight). Guarantees: see fxprune.passes.submodular.layerwise.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fxprune.layerwise import LayerwisePass
+from fxprune.passes.submodular.layerwise import LayerwisePass
 
 
 def _random_scores(seed: int, groups) -> dict[str, np.ndarray]:

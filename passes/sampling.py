@@ -10,7 +10,7 @@ are kept. Simplifications: one sensitivity per unit from the reader inputs
 (the paper bounds the per-output-neuron sensitivity), and our per-layer budget
 selection instead of the paper's own allocation.
 
-Needs: ``Analyze``; ``data``. Guarantees: see fxprune.layerwise.
+Needs: ``Analyze``; ``data``. Guarantees: see fxprune.passes.submodular.layerwise.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fxprune.consumers import CONVS
-from fxprune.layerwise import LayerwiseContext, LayerwisePass, consumer_inputs
+from fxprune.passes.submodular.layerwise import LayerwiseContext, LayerwisePass, consumer_inputs
 
 
 def _unit_activity(x: torch.Tensor, module, units: np.ndarray, n_units: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fxprune.errors import InputError
 from fxprune.mask import gate_key, mask
-from fxprune.scoring import ScorePass
+from fxprune.passes.scoring import ScorePass
 
 
 def _split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], Any]:

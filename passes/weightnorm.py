@@ -2,17 +2,17 @@
 
 The score of a unit is the mean ``|w|`` of the weights that produce it (as
 ``l1``), compared within its group under per-layer budgets; with
-``reweight=True`` the readers get least-squares weights (fxprune.layerwise).
+``reweight=True`` the readers get least-squares weights (fxprune.passes.submodular.layerwise).
 
-Needs: ``Analyze`` (``data`` only to reweight). Guarantees: see fxprune.layerwise.
+Needs: ``Analyze`` (``data`` only to reweight). Guarantees: see fxprune.passes.submodular.layerwise.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fxprune.layerwise import LayerwisePass
-from fxprune.scoring import per_unit
+from fxprune.passes.submodular.layerwise import LayerwisePass
+from fxprune.passes.scoring import per_unit
 
 from .magnitude import _magnitudes
 

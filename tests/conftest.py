@@ -37,7 +37,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def fashion():
     """The 500 bundled Fashion-MNIST test images and their labels."""
-    from fxprune.data import bundled
+    from fxprune.training.data import bundled
 
     return bundled().tensors
 

@@ -13,7 +13,7 @@ from torch import nn
 import fxprune
 from conftest import assert_same_state, state_snapshot
 from fxprune.budget import Budget, select, selectable_groups
-from fxprune.layerwise import LayerwiseContext
+from fxprune.passes.submodular.layerwise import LayerwiseContext
 from fxprune.passes import ActGrad, Analyze, LayerActGrad, LayerGreedyFS, LayerSampling
 from fxprune.passes.sampling import sensitivities
 from fxprune.state import state_of

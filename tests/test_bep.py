@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import fxprune
 import fxprune.models as zoo
-from fxprune.data import bundled
-from fxprune.optim_state import param_cuts, slice_like, sliced_optimizer_state
+from fxprune.training.data import bundled
+from fxprune.training.optim_state import param_cuts, slice_like, sliced_optimizer_state
 from fxprune.passes.bep import final_counts
 
 OPTS = dict(step=6, seed_steps=8, measure_every=2, bucket_width=2, gp_iters=8, samples=64, progress=False)
@@ -222,7 +222,7 @@ def test_bench_tool_tables_aggregate_seeds_and_skip_cut_lines(bench_tool, tmp_pa
 def test_trace_and_plots(batches, tmp_path, monkeypatch):
     import json
 
-    from fxprune import bep_plots
+    from fxprune.passes.bep import plots as bep_plots
 
     prepared = fxprune.prepare(_model(), batches[0][0][:2], method="bep", sparsity=0.5, lam=1e-7,
                                measure_to_end=True, **OPTS)

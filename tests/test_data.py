@@ -1,4 +1,4 @@
-"""fxprune.data: IDX parsing, lookup, splits, calibration, CIFAR shape, bundled subset.
+"""fxprune.training.data: IDX parsing, lookup, splits, calibration, CIFAR shape, bundled subset.
 
 Everything except the ``full`` tests runs on tiny synthetic IDX files, so the suite passes
 without Debian's ``dataset-fashion-mnist`` package.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fxprune import data
+from fxprune.training import data
 from fxprune.errors import FxpruneError, InputError
 
 N_TRAIN, N_TEST = 240, 60  # 240 / 12 = 20 verification images

@@ -1,4 +1,4 @@
-"""fxprune.greedy: Gram-space greedy selection against an explicit least-squares reference.
+"""fxprune.passes.submodular.greedy: Gram-space greedy selection against an explicit least-squares reference.
 
 The reference ``naive_reweighted_selection`` re-solves every candidate's least squares with
 ``torch.linalg.lstsq``; the fast path must pick the same channels (ties: lowest index),
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from fxprune import greedy
+from fxprune.passes.submodular import greedy
 from fxprune.errors import InputError
-from fxprune.greedy import (GramAccumulator, Selection, gram_selection, least_squares_weights,
+from fxprune.passes.submodular.greedy import (GramAccumulator, Selection, gram_selection, least_squares_weights,
                             reweighted_selection)
 
 F64 = torch.float64

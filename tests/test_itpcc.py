@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import fxprune
-from fxprune import data
+from fxprune.training import data
 from fxprune.models import get
 from fxprune.passes import ITPCC, Analyze, Rewrite, Validate
-from fxprune.passes.itpcc_control import GammaController, Target, target_threshold
-from fxprune.passes.itpcc_gates import ConsumerGate
+from fxprune.passes.itpcc.control import GammaController, Target, target_threshold
+from fxprune.passes.itpcc.gates import ConsumerGate
 from conftest import assert_same_state, randomize_bn, state_snapshot
 
 

@@ -13,7 +13,7 @@ import fxprune.models as zoo
 from fxprune.budget import _top
 from fxprune.cost import CostModel
 from fxprune.errors import InputError
-from fxprune.layer_budget import (FRACTIONS, accuracy_curves, global_counts, keep_counts, monotone_envelope,
+from fxprune.passes.submodular.layer_budget import (FRACTIONS, accuracy_curves, global_counts, keep_counts, monotone_envelope,
                                   select_budgets)
 from fxprune.report import count_params
 

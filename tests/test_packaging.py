@@ -199,14 +199,14 @@ def test_fxprune_imports_raise_no_warning(tmp_path):
     fxprune's to silence)."""
     code = ("import warnings, torch, torchvision\n"
             "warnings.simplefilter('error')\n"
-            "import fxprune, fxprune.passes, fxprune.models, fxprune.cli, fxprune.saliency_gp, fxprune.bep_plots\n")
+            "import fxprune, fxprune.passes, fxprune.models, fxprune.cli, fxprune.passes.bep.saliency_gp, fxprune.passes.bep.plots\n")
     proc = run_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_gp_kernel_loads_on_first_use():
     """The lazily loaded kernel is the class the GP uses, still reachable under its old name."""
-    from fxprune import saliency_gp, saliency_kernel
+    from fxprune.passes.bep import saliency_gp, saliency_kernel
 
     assert saliency_gp.ExponentialDecayKernel is saliency_kernel.ExponentialDecayKernel
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):

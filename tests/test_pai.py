@@ -5,7 +5,7 @@ import torch
 
 import fxprune
 import fxprune.models as zoo
-from fxprune.data import bundled
+from fxprune.training.data import bundled
 from fxprune.passes.grasp import grasp_scores
 from fxprune.passes.snip import snip_scores
 

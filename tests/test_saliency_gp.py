@@ -1,4 +1,4 @@
-"""BEP's saliency belief (fxprune.saliency_gp) and pruning decision (fxprune.bep_decision)."""
+"""BEP's saliency belief (fxprune.passes.bep.saliency_gp) and pruning decision (fxprune.passes.bep.decision)."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import gpytorch
 import pytest
 import torch
 
-from fxprune.bep_decision import decide, greedy_value, penalty, penalty_error, utility
+from fxprune.passes.bep.decision import decide, greedy_value, penalty, penalty_error, utility
 from fxprune.errors import InputError
-from fxprune.saliency_gp import ExponentialDecayKernel, Preprocess, SaliencyGP, _KroneckerNLL, bucket
+from fxprune.passes.bep.saliency_gp import ExponentialDecayKernel, Preprocess, SaliencyGP, _KroneckerNLL, bucket
 
 D = torch.float64
 

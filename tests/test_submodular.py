@@ -4,8 +4,8 @@ Every reconstruction here is recomputed from scratch: consumer inputs come from
 forward hooks on the user's model, conv features from ``F.unfold`` (checked
 against the conv itself), least squares from ``torch.linalg.lstsq`` in float64,
 and the sequential variants from a naive loop of full forwards, so that the
-Gram-space greedy (fxprune.greedy), the streamed Grams (fxprune.features), the
-node-by-node executor (fxprune.stepper) and the zeroing of live values are all
+Gram-space greedy (fxprune.passes.submodular.greedy), the streamed Grams (fxprune.passes.submodular.features), the
+node-by-node executor (fxprune.passes.submodular.stepper) and the zeroing of live values are all
 compared with the definitions rather than with themselves.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import fxprune
 from conftest import assert_same_state, state_snapshot
 from fxprune.consumers import CONVS, group_consumers
 from fxprune.errors import InputError
-from fxprune.greedy import least_squares_weights, reweighted_selection
-from fxprune.layerwise import LayerwiseContext, collect_problems
+from fxprune.passes.submodular.greedy import least_squares_weights, reweighted_selection
+from fxprune.passes.submodular.layerwise import LayerwiseContext, collect_problems
 from fxprune.passes import Analyze, Submodular
 from fxprune.pipeline import Pipeline
 from fxprune.state import state_of
@@ -164,7 +164,7 @@ class CatNet(nn.Module):
 @pytest.mark.parametrize("case", ["resnet20", "catnet"])
 def test_multi_consumer_objective_and_write(case, resnet):
     """yy - tr(C_S^T W_S) is the sum of the per-consumer least-squares residuals, and write()
-    puts each consumer's own least-squares solution into its weight (fxprune.features)."""
+    puts each consumer's own least-squares solution into its weight (fxprune.passes.submodular.features)."""
     gen = torch.Generator().manual_seed(0)
     if case == "resnet20":
         model, gid, n_consumers = resnet, "conv1", 5

@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
 
-from fxprune import data
+from fxprune.training import data
 
 
 

@@ -33,12 +33,12 @@ that its ONNX bytes can be kept) and one record is written with
   step measured on one batch, scaled to the images seen (optimizer arithmetic not counted).
 
 Seeds: each run's seed goes to the method's ``seed`` option when it has one (random), to the
-choice of calibration images (``fxprune.data.calibration(seed=...)``) for data-driven methods,
+choice of calibration images (``fxprune.training.data.calibration(seed=...)``) for data-driven methods,
 and to fine-tuning (``torch.manual_seed`` and the shuffling generator). l1 is deterministic, so
 its no-fine-tuning accuracy has zero spread over seeds.
 
 Data (``--data``): ``auto`` (default) evaluates on the full Fashion-MNIST test split (10 000
-images) when the IDX files are found (``fxprune.data.available()``) and on the bundled
+images) when the IDX files are found (``fxprune.training.data.available()``) and on the bundled
 500-image test subset otherwise; ``fashion-mnist`` requires the files; ``bundled`` always uses
 the subset. Fine-tuning and calibration use the training split (55 000 images, or
 ``--train-subset N`` of them, a fixed seeded choice shared by all seeds); without the files they
@@ -273,7 +273,7 @@ class Data:
 def load_data(args: argparse.Namespace, cifar_shape: bool, need_train: bool, need_calib: bool) -> Data:
     from torch.utils.data import DataLoader, TensorDataset
 
-    from fxprune import data
+    from fxprune.training import data
 
     full = data.available(args.data_root)
     if args.data == "fashion-mnist" and not full:

@@ -56,10 +56,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fxprune  # noqa: E402
-import fxprune.data as fdata  # noqa: E402
+import fxprune.training.data as fdata  # noqa: E402
 import fxprune.models as zoo  # noqa: E402
 import fxprune.passes  # noqa: E402
-from fxprune.bep_plots import MissingDependency, coverage, plot_saliency, plot_units, pyplot  # noqa: E402
+from fxprune.passes.bep.plots import MissingDependency, coverage, plot_saliency, plot_units, pyplot  # noqa: E402
 from fxprune.atomic import atomic_write  # noqa: E402
 from fxprune.passes.bep import final_counts  # noqa: E402
 from fxprune.passes.grasp import grasp_scores  # noqa: E402
@@ -354,7 +354,7 @@ def plot_accuracy(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_runs_units(runs: list[dict[str, Any]], path: Path) -> None:
-    """``fxprune.bep_plots.plot_units`` for every BEP run of the first seed at the tightest budget."""
+    """``fxprune.passes.bep.plots.plot_units`` for every BEP run of the first seed at the tightest budget."""
     seed = min(r["seed"] for r in runs)
     bep = [r for r in runs if r.get("log") and r["seed"] == seed]
     if not bep:

@@ -46,7 +46,7 @@ import fxprune  # noqa: E402
 import fxprune.api  # noqa: E402
 import fxprune.models as zoo  # noqa: E402
 import fxprune.report  # noqa: E402
-from fxprune import data as fdata  # noqa: E402
+from fxprune.training import data as fdata  # noqa: E402
 from fxprune.training import TrainConfig, evaluate, train_loop  # noqa: E402
 
 
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> dict[str, A
     if not args.no_plot:
         bench.require_matplotlib()
     if args.data != "bundled" and not fdata.available():
-        raise BenchError("the Fashion-MNIST files are missing (see fxprune.data); pass --data bundled for a smoke test")
+        raise BenchError("the Fashion-MNIST files are missing (see fxprune.training.data); pass --data bundled for a smoke test")
     out = args.out or f"tools/results/itpcc_{args.model}"
     base, base_info = base_model(args, log)
     train0, test = loaders(args, 0)

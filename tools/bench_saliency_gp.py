@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of BEP's saliency MOGP (``fxprune.saliency_gp.SaliencyGP``) on CPU.
+"""Benchmark of BEP's saliency MOGP (``fxprune.passes.bep.saliency_gp.SaliencyGP``) on CPU.
 
     OMP_NUM_THREADS=1 python tools/bench_saliency_gp.py                 # U in 64,256,512; T in 20,100
     OMP_NUM_THREADS=2 python tools/bench_saliency_gp.py --threads 2 --units 512,2048 --times 100
@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from fxprune.bep_decision import decide
-from fxprune.saliency_gp import SaliencyGP
+from fxprune.passes.bep.decision import decide
+from fxprune.passes.bep.saliency_gp import SaliencyGP
 
 
 def curves(U: int, T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,7 +85,7 @@ def split_batches(ds, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def accuracy_run(args: argparse.Namespace) -> dict[str, Any]:
     import fxprune
-    from fxprune import data
+    from fxprune.training import data
 
     model = load_lenet5()
     verify = split_batches(data.load_fashion_mnist("verify"), 1000)
@@ -232,7 +232,7 @@ def speed_case(model_name: str, calib, groups_filter, compression: float, thread
 
 
 def speed_run(args: argparse.Namespace) -> dict[str, Any]:
-    from fxprune import data
+    from fxprune.training import data
 
     calib = data.calibration(args.calibration) if data.available() else \
         _bundled_calibration(args.calibration)
@@ -243,7 +243,7 @@ def speed_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bundled_calibration(n: int):
-    from fxprune.data import bundled
+    from fxprune.training.data import bundled
 
     return split_batches(bundled(), 128)[: max(1, n // 128)]
 
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace) -> None:
-    from fxprune import data
+    from fxprune.training import data
     from fxprune.passes import METHODS
 
     if args.mode == "accuracy":

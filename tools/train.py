@@ -16,7 +16,8 @@ and test accuracy. At the end it writes, atomically,
 * the same path with ``.json``: the curve (per-epoch loss, train/verify/test accuracy, seconds,
   learning rate), device, threads, arguments and final accuracies.
 
-Importable (``importlib`` or ``sys.path``): :func:`train`, :func:`evaluate`, :func:`finetune`
+Importable (``importlib`` or ``sys.path``): :func:`train` (this tool's options on the one loop,
+``fxprune.training.train_loop``), :func:`evaluate` (``fxprune.training.evaluate``), :func:`finetune`
 (any ``nn.Module``, including a pruned ``torch.fx.GraphModule``), :func:`save_checkpoint`,
 :func:`load_checkpoint`. Bad arguments and missing data end with one ``train.py: error: ...``
 line and exit code 2.
@@ -35,10 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-try:  # tqdm is a dependency of fxprune, but keep the helpers usable without it
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
+from fxprune.training import Hook, TrainConfig, evaluate, train_loop
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "none")
@@ -93,31 +91,50 @@ def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(opt, fn)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on ``(images, labels)`` batches (eval mode).
-
-    ``device`` defaults to the model's; the model's train/eval mode is restored afterwards.
-    """
-    device = _model_device(model) if device is None else torch.device(device)
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += y.numel()
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError("evaluate: the loader yielded no samples")
-    return correct / total
-
-
 def _hflip(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
     return torch.where(flip.view(-1, *[1] * (x.dim() - 1)).to(x.device), x.flip(-1), x)
+
+
+class _Flipped:
+    """``loader`` with half of each batch's images flipped horizontally (same length)."""
+
+    def __init__(self, loader: Iterable, gen: torch.Generator | None):
+        self.loader, self.gen = loader, gen
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield _hflip(x, self.gen), y
+
+
+class _EpochHook(Hook):
+    """Steps the tool's LR schedule after every optimizer step; adds ``train_acc`` and
+    ``<name>_acc`` per ``eval_loaders`` entry to each epoch's record, logs it, calls ``on_epoch``."""
+
+    name = "tool"
+
+    def __init__(self, sched: list, eval_loaders: Mapping[str, Iterable], device: torch.device,
+                 epochs: int, log: Callable[[str], None] | None, on_epoch: Callable[[dict], None] | None):
+        self.sched, self.eval_loaders, self.device = sched, eval_loaders, device
+        self.epochs, self.log, self.on_epoch, self.model = epochs, log, on_epoch, None
+
+    def after_step(self, step: int, info: dict[str, Any] | None = None) -> None:
+        self.sched[0].step()
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        record.pop(self.name, None)
+        record["train_acc"] = record["acc"]
+        for name, loader in self.eval_loaders.items():
+            record[f"{name}_acc"] = evaluate(self.model, loader, self.device)
+        if self.log is not None:
+            self.log("epoch {epoch}/{n}: loss {loss:.4f} train {train_acc:.4f}".format(n=self.epochs, **record)
+                     + "".join(f" {k[:-4]} {v:.4f}" for k, v in record.items()
+                               if k.endswith("_acc") and k != "train_acc"))
+        if self.on_epoch is not None:
+            self.on_epoch(record)
 
 
 def train(model: nn.Module, train_loader: Iterable, *, epochs: int = 10, optimizer: str = "adam",
@@ -127,7 +144,8 @@ def train(model: nn.Module, train_loader: Iterable, *, epochs: int = 10, optimiz
           hflip: bool = False, seed: int | None = None, progress: bool = True,
           log: Callable[[str], None] | None = print,
           on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train ``model`` in place with cross-entropy; returns one record per epoch.
+    """Train ``model`` in place with cross-entropy (``fxprune.training.train_loop``); returns
+    one record per epoch.
 
     Each record has ``epoch, loss`` (mean training loss), ``train_acc`` (on the fly, with
     dropout and augmentation active), ``<name>_acc`` for every ``eval_loaders`` entry (e.g.
@@ -139,55 +157,27 @@ def train(model: nn.Module, train_loader: Iterable, *, epochs: int = 10, optimiz
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     dev = pick_device(device)
     model.to(dev).train()
-    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
     try:
         steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
         steps_per_epoch = 1
-    sched = make_scheduler(opt, schedule, epochs * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    sched: list = []  # the schedule of the optimizer train_loop builds (it steps it, not train_loop)
+
+    def build(groups: list[dict], base_lr: float) -> torch.optim.Optimizer:
+        opt = make_optimizer([p for g in groups for p in g["params"]], optimizer, base_lr, momentum, weight_decay)
+        for g in opt.param_groups:
+            g["fixed_lr"] = True  # train_loop leaves the lr to this tool's schedule
+        sched.append(make_scheduler(opt, schedule, epochs * steps_per_epoch))
+        return opt
+
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    history = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        loss_sum = correct = seen = 0
-        bar = train_loader
-        if progress and tqdm is not None:
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=True, dynamic_ncols=True,
-                       mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        for x, y in bar:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if hflip:
-                x = _hflip(x, gen)
-            out = model(x)
-            loss = loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            n = y.numel()
-            loss_sum += loss.item() * n
-            correct += (out.detach().argmax(1) == y).sum().item()
-            seen += n
-            if bar is not train_loader:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-        if bar is not train_loader:
-            bar.close()
-        rec: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / max(seen, 1),
-                               "train_acc": correct / max(seen, 1)}
-        for name, loader in (eval_loaders or {}).items():
-            rec[f"{name}_acc"] = evaluate(model, loader, dev)
-        rec["lr"] = opt.param_groups[0]["lr"]
-        rec["seconds"] = time.perf_counter() - t0
-        history.append(rec)
-        if log is not None:
-            log("epoch {epoch}/{n}: loss {loss:.4f} train {train_acc:.4f}".format(n=epochs, **rec)
-                + "".join(f" {k[:-4]} {v:.4f}" for k, v in rec.items()
-                          if k.endswith("_acc") and k != "train_acc")
-                + f" ({rec['seconds']:.1f}s)")
-        if on_epoch is not None:
-            on_epoch(rec)
+    loader = _Flipped(train_loader, gen) if hflip else train_loader
+    config = TrainConfig(loader, loss_fn=nn.CrossEntropyLoss(label_smoothing=label_smoothing), epochs=epochs,
+                         optimizer=build, lr=lr, schedule="none", device=dev, progress=progress, log=lambda line: None)
+    hook = _EpochHook(sched, eval_loaders or {}, dev, epochs, log, on_epoch)
+    hook.model = model
+    history = train_loop(model, config, hooks=[hook]) if epochs else []
+    model.train()
     return history
 
 
@@ -324,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _data(args) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
-    from fxprune import data
+    from fxprune.training import data
 
     if args.data == "bundled":
         ds = data.bundled(cifar_shape=args.cifar_shape)
@@ -339,11 +329,11 @@ def _data(args) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train per ``args`` (from :func:`build_parser`), write checkpoint + JSON; return the summary.
 
-    Raises :class:`UsageError` for bad arguments and ``fxprune.data.DataError`` for missing data,
+    Raises :class:`UsageError` for bad arguments and ``fxprune.training.data.DataError`` for missing data,
     both before any training.
     """
     import fxprune.models as zoo
-    from fxprune import data
+    from fxprune.training import data
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Calibration data for ``prune --data``: a dataset name or a folder of ``.pt`` batches.
 
-``fashion-mnist`` (``fxprune.data.calibration``) and ``bundled`` (the images shipped
+``fashion-mnist`` (``fxprune.training.data.calibration``) and ``bundled`` (the images shipped
 with fxprune) give 1x28x28 images (3x32x32 padded); a folder holds
 ``(inputs, targets)`` batches saved with ``torch.save``.
 """
@@ -37,7 +37,7 @@ def load_data(spec: str, n: int, shape: tuple[int, ...]) -> list[tuple[Any, Any]
 
 def _dataset(spec: str, n: int, sample: tuple[int, ...]) -> list[tuple[Any, Any]]:
     """``n`` samples of a named dataset, for model inputs of per-sample shape ``sample``."""
-    from fxprune import data
+    from fxprune.training import data
 
     if sample not in ((1, 28, 28), (3, 32, 32)):
         raise CLIError(f"--data {spec} gives 1x28x28 (or padded 3x32x32) images but the model input is "

@@ -70,7 +70,7 @@ def methods() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``fxprune-trace`` parser (sub-commands ``groups``, ``prune``, ``validate``)."""
-    from fxprune import __version__
+    from fxprune.version import __version__
 
     model, shape, run = _model_options(), _shape_option(), _run_options()
     checkpoint_trust, fxp_trust = _trust_options(unpickle=True), _trust_options(unpickle=False)
@@ -185,7 +185,7 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore", type=names, default=(), metavar="NAME,...",
                    help="comma-separated module names whose channels stay whole (e.g. fc)")
     p.add_argument("--data", metavar="NAME_OR_DIR", help=(
-        "calibration data for methods that need it (taylor; itpcc trains on it): 'fashion-mnist' (fxprune.data.calibration; "
+        "calibration data for methods that need it (taylor; itpcc trains on it): 'fashion-mnist' (fxprune.training.data.calibration; "
         "needs the Fashion-MNIST files), 'bundled' (the 500 images shipped with fxprune) or a folder of "
         ".pt files each holding an (inputs, targets) batch (default: none)"))
     p.add_argument("--calibration-size", type=int_at_least(1), default=512, metavar="N",

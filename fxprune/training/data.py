@@ -24,7 +24,7 @@ per-layer budget searches), ``"test"`` is the 10 000 official test images. Image
 :func:`bundled` needs no files: it returns 500 test images (50 per class) shipped with fxprune
 in ``fxprune/assets/fashion_mnist_subset.npz`` (made by :func:`make_bundled_subset`).
 
-    >>> from fxprune import data
+    >>> from fxprune.training import data
     >>> train, verify, test = data.loaders(128, seed=0)          # doctest: +SKIP
     >>> batches = data.calibration(512)                          # doctest: +SKIP
     >>> small = data.bundled()                                   # works anywhere
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .atomic import atomic_write
-from .errors import InputError
+from ..atomic import atomic_write
+from ..errors import InputError
 
 __all__ = [
     "CLASSES", "MEAN", "STD", "SEARCH_PATHS", "SPLIT_SEED", "VERIFY_FRACTION", "DataError",
@@ -62,7 +62,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 SPLITS = ("train", "verify", "test")
-BUNDLED_PATH = Path(__file__).resolve().parent / "assets" / "fashion_mnist_subset.npz"
+BUNDLED_PATH = Path(__file__).resolve().parents[1] / "assets" / "fashion_mnist_subset.npz"
 
 
 class DataError(InputError):
@@ -142,7 +142,7 @@ def find_root(root: str | os.PathLike | None = None) -> Path:
         f"Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, puts them in "
         f"{SEARCH_PATHS[0] if SEARCH_PATHS else '/usr/share/datasets/fashion-mnist'}) or set "
         f"{ENV_VAR} to a folder with {stems}. fxprune never downloads data; "
-        f"fxprune.data.bundled() gives a 500-image subset that needs no files.")
+        f"fxprune.training.data.bundled() gives a 500-image subset that needs no files.")
 
 
 def available(root: str | os.PathLike | None = None) -> bool:
@@ -268,7 +268,7 @@ def make_bundled_subset(out_path: str | os.PathLike = BUNDLED_PATH, *, per_class
     """Write ``per_class`` test images of each class (seeded choice) as uint8 to ``out_path``.
 
     This is how ``fxprune/assets/fashion_mnist_subset.npz`` was made:
-    ``python -c "from fxprune.data import make_bundled_subset; make_bundled_subset()"``.
+    ``python -c "from fxprune.training.data import make_bundled_subset; make_bundled_subset()"``.
     """
     x, y = _raw("test", root)
     rng = np.random.default_rng(seed)

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .consumers import CONVS, Consumer, ConsumerSet
-from .errors import InputError
+from fxprune.consumers import CONVS, Consumer
+from fxprune.errors import InputError
 
 
 @dataclass

@@ -21,10 +21,10 @@ never ``U^3``. Its gradient is written in closed form, so no gradient flows thro
 ``eigh`` (whose backward pass is unstable for the clustered spectra of kernel matrices).
 
 Contents: ``ExponentialDecayKernel`` (a gpytorch kernel, defined in
-``fxprune.saliency_kernel`` and loaded on first use with gpytorch), ``bucket`` (App. G.1:
+``fxprune.passes.bep.saliency_kernel`` and loaded on first use with gpytorch), ``bucket`` (App. G.1:
 average raw measurements into time buckets), ``Preprocess`` (App. G.3: clip, trend
 flip, scale to [0, 10], and the inverse map), ``SaliencyGP`` (fit, ``predict`` the
-final saliency ``s_T``, ``sample`` it for the utility of ``fxprune.bep_decision``).
+final saliency ``s_T``, ``sample`` it for the utility of ``fxprune.passes.bep.decision``).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from fxprune.errors import InputError
 
 if TYPE_CHECKING:
     from gpytorch.constraints import Positive

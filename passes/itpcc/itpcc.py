@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from fxprune.api import GroupReport, Report, Result
+from fxprune.result import GroupReport, Report, Result
 from fxprune.budget import _repair_empty, check_ignore
 from fxprune.consumers import ConsumerSet, group_consumers
 from fxprune.cost import CostModel
@@ -57,15 +57,15 @@ from fxprune.errors import InputError, PlanError
 from fxprune.graph import ChannelGraph
 from fxprune.pipeline import Pass, require_state
 from fxprune.plan import check_plan
-from fxprune.prepare import Prepared, register
+from fxprune.prepared import Prepared, register
 from fxprune.report import count_macs, count_params
 from fxprune.rewrite import _copy_graph_module, rewrite
 from fxprune.state import state_of
 from fxprune.training import Hook, TrainConfig, train_loop, train_config_from
 from fxprune.validate import validate as onnx_validate
 
-from .itpcc_control import GammaController, Target, target_threshold
-from .itpcc_gates import GateSet, fold_gates, insert_gates, scs_sizes
+from .control import GammaController, Target, target_threshold
+from .gates import GateSet, fold_gates, insert_gates, scs_sizes
 
 DEFAULT_WEIGHT = 1e-3  # gamma' / N_b when no gamma is given: the regulariser's weight per step and filter
 TOLERANCE = 0.05  # a reached cost further than this (relative) from the target gets a warning

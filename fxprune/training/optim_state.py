@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError, PlanError
-from .graph import ChannelGraph
+from ..errors import InputError, PlanError
+from ..graph import ChannelGraph
 
 
 def param_cuts(graph: ChannelGraph, plan: Mapping[str, list[int]]) -> dict[str, list[tuple[int, np.ndarray]]]:

@@ -3,7 +3,7 @@
 For every group, keep the ``k`` units whose features best reconstruct what the
 layers reading the group computed before, and give those layers new weights
 for the kept units (the least-squares fit): greedy maximisation of the weakly
-submodular ``F(S) = ||Y||^2 - min_W ||Y - B_S W||^2`` (fxprune.greedy, in Gram
+submodular ``F(S) = ||Y||^2 - min_W ||Y - B_S W||^2`` (fxprune.passes.submodular.greedy, in Gram
 space: cost independent of the number of calibration rows). Variants (Sec. 5.1):
 
 * ``variant="layer"`` (LayerInChange): every group on the unpruned model's
@@ -14,14 +14,14 @@ space: cost independent of the number of calibration rows). Variants (Sec. 5.1):
   unpruned model's ``Y = A W``, so errors do not accumulate.
 
 The sequential variants run the model node by node once over the calibration
-data (fxprune.stepper), pausing at each group's reader, instead of one forward
+data (fxprune.passes.submodular.stepper), pausing at each group's reader, instead of one forward
 per group. Features come from a conv reader's unfolded input (its kernel,
 stride, padding, dilation) or a linear reader's input (after flatten, a
 channel's block is its ``H*W`` features); a group read by several layers sums
-their objectives (fxprune.features). Activations are collected in ``eval()``
+their objectives (fxprune.passes.submodular.features). Activations are collected in ``eval()``
 mode (the authors' code collected them in train mode). ``reweight=False``
 selects the same way but keeps the original weights. ``epsilon > 0`` uses
-Stochastic-Greedy. Budgets and the other options: fxprune.layerwise.
+Stochastic-Greedy. Budgets and the other options: fxprune.passes.submodular.layerwise.
 
 Needs: ``Analyze``; ``data`` (calibration batches, no labels needed, e.g. 4 x 128
 images). Guarantees: ``state.plan``; the returned model carries the new weights.
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from fxprune.errors import InputError
-from fxprune.greedy import Selection, gram_selection, least_squares_weights, reweighted_selection
-from fxprune.layerwise import LayerwiseContext, LayerwisePass
+from .greedy import Selection, gram_selection, least_squares_weights, reweighted_selection
+from .layerwise import LayerwiseContext, LayerwisePass, collect_inputs
 from fxprune.mask import _zero_removed_produce
-from fxprune.features import GroupProblem
-from fxprune.stepper import Stepper
+from .features import GroupProblem
+from .stepper import Stepper
 from fxprune.rewrite import _copy_graph_module
 
 VARIANTS = ("layer", "seq", "asym")
@@ -147,7 +147,6 @@ class SequentialRun:
 
     def _problem_by_hooks(self, group, problem: GroupProblem) -> GroupProblem:
         """Several readers: full forwards of the current (partly pruned) and original models."""
-        from fxprune.layerwise import collect_inputs
 
         consumers = self.ctx.consumers[group.id].consumers
         work = collect_inputs(self.ctx.work, consumers, self.ctx.calibration)

@@ -1,7 +1,7 @@
-"""``ExponentialDecayKernel``: the gpytorch kernel of BEP's saliency GP (``fxprune.saliency_gp``).
+"""``ExponentialDecayKernel``: the gpytorch kernel of BEP's saliency GP (``fxprune.passes.bep.saliency_gp``).
 
 Importing this module imports gpytorch (and linear_operator, which warns at import on
-recent torch releases); ``fxprune.saliency_gp`` imports it only when a ``SaliencyGP`` is
+recent torch releases); ``fxprune.passes.bep.saliency_gp`` imports it only when a ``SaliencyGP`` is
 built, so importing fxprune, its passes or its CLI never loads gpytorch.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from gpytorch.constraints import Interval, Positive
 from torch import Tensor
 
-from .errors import InputError
+from fxprune.errors import InputError
 
 
 class ExponentialDecayKernel(gpytorch.kernels.Kernel):

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch import fx
 
-from .budget import Budget, select, selectable_groups
-from .errors import PlanError
-from .graph import ChannelGraph, Group
-from .pipeline import Pass, require_state
-from .state import State
+from fxprune.budget import Budget, select, selectable_groups
+from fxprune.errors import PlanError
+from fxprune.graph import ChannelGraph, Group
+from fxprune.pipeline import Pass, require_state
+from fxprune.state import State
 
 
 @dataclass(frozen=True)

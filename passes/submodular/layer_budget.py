@@ -24,7 +24,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from fxprune.errors import InputError
 
 __all__ = [
     "FRACTIONS", "BudgetChoice", "accuracy_curves", "global_counts", "keep_counts",

@@ -1,5 +1,9 @@
 """Layer-wise pruning: the framework of the ``submodular`` method and its baselines.
 
+It lives beside ``submodular`` because the other layer-wise methods are that paper's
+baselines (El Halabi et al., ICLR 2022, Sec. 7): ``actgrad``, ``greedy_fs``, ``random``,
+``sampling`` and ``weightnorm`` import it from ``fxprune.passes.submodular.layerwise``.
+
 A layer-wise method orders the units of each group (most useful first) and
 keeps a prefix of that order. How many units each group keeps comes from
 
@@ -16,7 +20,7 @@ keeps a prefix of that order. How many units each group keeps comes from
 
 With ``reweight=True`` the layers that read a pruned group get new weights
 for the kept units, the least-squares fit of what they computed before
-(``min ||A W - B_S W~||``, fxprune.features); removed units' weights are
+(``min ||A W - B_S W~||``, fxprune.passes.submodular.features); removed units' weights are
 dropped as usual. Groups whose readers are not plain conv/linear layers, or
 that feed a normalisation over channels, are left whole and listed in
 ``state.notes`` when reweighting or features are needed.
@@ -39,17 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .budget import Budget, _global_counts, _keep_count, _repair_empty, selectable_groups
+from fxprune.budget import Budget, _global_counts, _keep_count, _repair_empty, selectable_groups
 from .calibration import Batches
-from .consumers import ConsumerSet, group_consumers
-from .errors import InputError, PlanError
+from fxprune.consumers import ConsumerSet, group_consumers
+from fxprune.errors import InputError, PlanError
 from .features import ConsumerLayout, GroupProblem
-from .graph import ChannelGraph, Group
-from .mask import _zero_removed_produce, mask
-from .pipeline import Pass, require_state
-from .plan import check_plan
-from .rewrite import _copy_graph_module
-from .state import State
+from fxprune.graph import ChannelGraph, Group
+from fxprune.mask import _zero_removed_produce, mask
+from fxprune.pipeline import Pass, require_state
+from fxprune.plan import check_plan
+from fxprune.rewrite import _copy_graph_module
+from fxprune.state import State
 
 MEASURES = ("params", "macs")
 ALLOCATIONS = ("accuracy", "uniform")
@@ -279,7 +283,7 @@ class LayerwiseContext:
 
     def cost_model(self):
         if self._cost is None:
-            from .cost import CostModel
+            from fxprune.cost import CostModel
 
             self._cost = CostModel.build(self.graph, self.state.example_inputs)
         return self._cost

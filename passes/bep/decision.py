@@ -1,7 +1,7 @@
 """The pruning decision of Bayesian Early Pruning (BEP, Algorithm 2 and Sec. 4.5).
 
 Pure functions on tensors; the belief ``p(s_T | s_1:t)`` comes from
-``fxprune.saliency_gp.SaliencyGP`` (``predict`` for the mean, ``sample`` for the
+``fxprune.passes.bep.saliency_gp.SaliencyGP`` (``predict`` for the mean, ``sample`` for the
 Monte-Carlo samples). Notation of the paper:
 
 * ``T``: total number of training iterations; ``t``: the current one (``t < T``).
@@ -37,7 +37,7 @@ import math
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from fxprune.errors import InputError
 
 #: bounds of the penalty error e(t); see ``penalty_error``.
 E_CLIP: tuple[float, float] = (-1.0, 1.0)

@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import InputError
-from .atomic import atomic_write
+from fxprune.errors import InputError
+from fxprune.atomic import atomic_write
 from .saliency_gp import SaliencyGP
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from ..errors import InputError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "none")
