@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from .analysis import analyze
 from .api import Report, Result, compile
-from .errors import (FxpruneError, InputError, PassError, PlanError, RewriteError, TraceError,
-                     UnsupportedOpError, ValidationError)
+from .errors import (FxpruneError, InputError, NonFiniteOutputError, OutputError, PassError, PickledFileError,
+                     PlanError, RewriteError, TraceError, UnsupportedOpError, UntrustedSourceError, ValidationError)
 from .graph import ChannelGraph, Group, ParamSlice
 from .io import load, save
 from .mask import mask
@@ -22,8 +22,8 @@ from .version import __version__
 
 
 __all__ = [
-    "ChannelGraph", "FxpruneError", "Group", "InputError", "ParamSlice", "Pass", "PassError", "Pipeline",
-    "PlanError", "Report", "Result", "RewriteError", "TraceError", "UnsupportedOpError", "ValidationError",
+    "ChannelGraph", "FxpruneError", "Group", "InputError", "NonFiniteOutputError", "OutputError", "ParamSlice", "Pass", "PassError", "Pipeline",
+    "PickledFileError", "PlanError", "Report", "Result", "RewriteError", "TraceError", "UnsupportedOpError", "UntrustedSourceError", "ValidationError",
     "ValidationReport", "analyze", "compile", "load", "mask", "rewrite", "save", "trace", "validate",
     "Prepared", "TrainConfig", "prepare",
     "__version__",

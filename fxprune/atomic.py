@@ -43,24 +43,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .errors import FxpruneError, InputError
+from .errors import FxpruneError, InputError, OutputError
 
 __all__ = ["OutputError", "atomic_write", "atomic_write_all", "check_output_path", "default_file_mode"]
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class OutputError(FxpruneError, OSError):
-    """An output file could not be written (disk full, quota, permissions ...); nothing of
-    the write was published and its temporary files are gone. ``errno``/``filename`` are set."""
-
-    def __init__(self, message: str, code: int | None = None, filename: str | None = None):
-        super().__init__(message)
-        self.errno = code
-        self.filename = filename
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------- signals

@@ -42,3 +42,41 @@ class ValidationError(FxpruneError):
 
 class PassError(FxpruneError):
     """An unexpected exception inside a pass, re-raised with the pass's name."""
+
+
+class UntrustedSourceError(InputError):
+    """A file names a user class, and the caller did not allow importing it (no code was run)."""
+
+    def __init__(self, message: str, class_name: str):
+        super().__init__(message)
+        self.class_name = class_name
+
+
+class PickledFileError(InputError):
+    """The file holds pickled Python objects; fxprune never unpickles them (no code was run)."""
+
+    def __init__(self, message: str, globals_: list[str]):
+        super().__init__(message)
+        self.globals = globals_
+
+
+class OutputError(FxpruneError, OSError):
+    """An output file could not be written (disk full, quota, permissions ...); nothing of
+    the write was published and its temporary files are gone. ``errno``/``filename`` are set."""
+
+    def __init__(self, message: str, code: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.errno = code
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteOutputError(ValidationError):
+    """The torch model itself produces NaN/inf on the example inputs: nothing can be validated.
+    ``where`` says which output and how many values."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.where = where

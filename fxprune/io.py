@@ -35,7 +35,7 @@ import torch
 from torch import fx, nn
 
 from .atomic import atomic_write, default_file_mode  # noqa: F401 - re-exported
-from .errors import FxpruneError, InputError, PlanError
+from .errors import FxpruneError, InputError, PickledFileError, PlanError
 from .fxp_schema import FORMAT, FORMAT_VERSION, FieldProblem, NewerFormat, check_fields, check_source
 from .pickle_scan import pickle_globals, shown_globals
 from .sources import UntrustedSourceError, build_source, registry_kind
@@ -45,14 +45,6 @@ __all__ = [
     "check_onnx_pair", "check_payload", "file_sha256", "load", "model_source", "read", "rebuild", "save",
     "weights_sha256",
 ]
-
-
-class PickledFileError(InputError):
-    """The file holds pickled Python objects; fxprune never unpickles them (no code was run)."""
-
-    def __init__(self, message: str, globals_: list[str]):
-        super().__init__(message)
-        self.globals = globals_
 
 
 # ---------------------------------------------------------------------------- sources

@@ -19,16 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, UntrustedSourceError
 from .fxp_schema import RESERVED_KWARG, FieldProblem, check_plain_data
-
-
-class UntrustedSourceError(InputError):
-    """A file names a user class, and the caller did not allow importing it (no code was run)."""
-
-    def __init__(self, message: str, class_name: str):
-        super().__init__(message)
-        self.class_name = class_name
 
 
 def timm_module() -> ModuleType | None:

@@ -12,9 +12,10 @@ import copy
 import functools
 import importlib.util
 import io
+import logging
 import os
 import traceback
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import fx, nn
@@ -175,7 +176,7 @@ def _real_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Non
 
 def _fake_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with torch.no_grad():
+    with torch.no_grad(), _logger_silenced("torch._subclasses.fake_tensor"):
         FakeTensorProp(gm, mode).propagate(*(mode.from_tensor(x) for x in inputs))
     for node in gm.graph.nodes:
         val = node.meta.pop("val", None)
@@ -184,6 +185,18 @@ def _fake_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Non
             node.meta["tensor_meta"] = meta
         else:
             node.meta.pop("tensor_meta", None)
+
+
+@contextlib.contextmanager
+def _logger_silenced(name: str) -> Iterator[None]:
+    """Mute logger ``name`` (fake tensors log a traceback before raising; the error is raised anyway)."""
+    logger = logging.getLogger(name)
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
 
 
 def _metadata(val: Any) -> Any:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write, check_output_path
-from .errors import InputError, ValidationError
+from .errors import InputError, NonFiniteOutputError, ValidationError
 from .onnx_export import EXPORTERS, Exported, ExportSpec, describe, export, io_names
 from .report import _as_tuple, eval_mode
 
@@ -40,15 +40,6 @@ __all__ = ["NonFiniteOutputError", "ValidationReport", "batch_variant", "non_fin
 
 _TINY = 1e-12
 _INF = float("inf")
-
-
-class NonFiniteOutputError(ValidationError):
-    """The torch model itself produces NaN/inf on the example inputs: nothing can be validated.
-    ``where`` says which output and how many values."""
-
-    def __init__(self, message: str, where: str = ""):
-        super().__init__(message)
-        self.where = where
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 
 import pytest
 
@@ -52,12 +51,9 @@ def test_train_one_epoch_improves(tool, subset, one_thread):
     model = Tiny()
     ev = DataLoader(subset, batch_size=250)
     before = tool.evaluate(model, ev)
-    t0 = time.perf_counter()
     hist = tool.train(model, _loader(subset), epochs=1, lr=3e-3, device="cpu",
                       eval_loaders={"test": ev}, progress=False, log=None, seed=0)
-    seconds = time.perf_counter() - t0
     after = tool.evaluate(model, ev)
-    assert seconds < 20
     assert len(hist) == 1 and set(hist[0]) >= {"epoch", "loss", "train_acc", "test_acc", "lr", "seconds"}
     assert hist[0]["test_acc"] == pytest.approx(after)
     assert hist[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0

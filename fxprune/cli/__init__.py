@@ -6,7 +6,8 @@
 
 CHECKPOINT is a ``state_dict`` (with ``--model``), a ``tools/train.py`` checkpoint, a
 ``.fxp`` file written by ``fxprune.save`` or a pickled ``nn.Module`` (unpickled only
-after a warning). Installed as the ``fxprune-trace`` console script; ``tools/trace``
+with ``--no-weights-only``; a ``.fxp`` naming a user class is rebuilt only with
+``--trust-source``). Installed as the ``fxprune-trace`` console script; ``tools/trace``
 runs the same ``main`` from a checkout.
 
 Errors: bad input (missing/corrupt files, unknown names, shapes that do not fit,
@@ -76,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(exc: Exception, command: str, stage: str) -> tuple[str, int]:
     """The one-line message and exit code for an error raised while running ``command``."""
-    from fxprune.atomic import OutputError
+    from fxprune.errors import OutputError
     from fxprune.errors import FxpruneError, PassError
-    from fxprune.validate import NonFiniteOutputError
+    from fxprune.errors import NonFiniteOutputError
 
     if isinstance(exc, CLIError):
         return str(exc), 2

@@ -215,7 +215,7 @@ def _from_fxp(obj: dict, path: Path, args: argparse.Namespace, kwargs: dict) -> 
 def fxp_errors(path: Path) -> Iterator[None]:
     """Errors of rebuilding the model of .fxp file ``path`` as one-line CLIErrors with a fix."""
     from fxprune.errors import InputError, PlanError
-    from fxprune.io import PickledFileError, UntrustedSourceError
+    from fxprune.errors import PickledFileError, UntrustedSourceError
 
     try:
         yield

@@ -216,7 +216,8 @@ def _write_outputs(result: Any, loaded: Loaded, inputs: tuple, before: Any, args
         stage[0] = f"writing {where.out}"
         named = _save(result, loaded, tmp_out, onnx_record)
         stage[0] = f"reloading {where.out} with fxprune.load"
-        check_reload(tmp_out, where.out, result.module, inputs, loaded, named)
+        check_reload(tmp_out, where.out, result.module, inputs, loaded, named,
+                     trust_source=bool(getattr(args, "trust_source", False)))
 
     stage[0] = f"writing {where.out}" + (f" and {where.onnx}" if where.onnx is not None else "")
     write_together([where.out, where.onnx], work)
@@ -287,17 +288,19 @@ def compose_plan(first: dict[str, list[int]], second: dict[str, list[int]],
     return plan
 
 
-def check_reload(tmp: Path, final: Path, pruned: Any, inputs: tuple, loaded: Loaded, named: bool) -> None:
+def check_reload(tmp: Path, final: Path, pruned: Any, inputs: tuple, loaded: Loaded, named: bool, *,
+                 trust_source: bool = False) -> None:
     """The written file must reload (``fxprune.load``) into the model just pruned.
 
     A file that names a zoo/torchvision model must reload by itself; one that records a class
-    (a pickled module) may need ``model=`` (a warning says so) but must then reload exactly.
+    (a pickled module) may need ``model=`` or ``trust_source`` (a warning says so) but must then
+    reload exactly; ``trust_source`` is the user's ``--trust-source``.
     """
     import torch
 
     with torch.no_grad():
         want = flatten(pruned.eval()(*inputs))
-    problem = _reload_error(tmp, final, want, inputs)
+    problem = _reload_error(tmp, final, want, inputs, trust_source=trust_source)
     if problem is None:
         return
     if named or loaded.original is None:
@@ -311,15 +314,16 @@ def check_reload(tmp: Path, final: Path, pruned: Any, inputs: tuple, loaded: Loa
          f"fxprune.models/torchvision.models name")
 
 
-def _reload_error(tmp: Path, final: Path, want: list, inputs: tuple, model: Any = None) -> str | None:
-    """Why ``fxprune.load(tmp, model=model)`` does not give outputs ``want`` (None if it does)."""
+def _reload_error(tmp: Path, final: Path, want: list, inputs: tuple, model: Any = None, *,
+                  trust_source: bool = False) -> str | None:
+    """Why ``fxprune.load(tmp, model=model, trust_source=...)`` does not give outputs ``want`` (None if it does)."""
     import torch
 
     import fxprune
     from fxprune.errors import FxpruneError
 
     try:
-        gm = fxprune.load(tmp, model=model)
+        gm = fxprune.load(tmp, model=model, trust_source=trust_source)
         with torch.no_grad():
             err, scale = max_abs_error(want, flatten(gm(*inputs)))
     except (FxpruneError, CLIError) as exc:
