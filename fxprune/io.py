@@ -22,14 +22,13 @@ Security model (see ``fxprune.sources``):
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -38,6 +37,7 @@ from .atomic import atomic_write, default_file_mode  # noqa: F401 - re-exported
 from .errors import FxpruneError, InputError, PickledFileError, PlanError
 from .fxp_schema import FORMAT, FORMAT_VERSION, FieldProblem, NewerFormat, check_fields, check_source
 from .pickle_scan import pickle_globals, shown_globals
+from .report import eval_mode
 from .sources import UntrustedSourceError, build_source, registry_kind
 
 __all__ = [
@@ -232,18 +232,6 @@ def _verify_digest(payload: dict[str, Any], where: str) -> None:
 
 
 # ---------------------------------------------------------------------------- load
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode inside the block; every submodule's training flag restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, trust_source: bool = False) -> fx.GraphModule:

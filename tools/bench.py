@@ -403,11 +403,11 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, An
 
 def _training_step_flops(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
     """FLOPs of one forward+backward cross-entropy step on ``batch`` (no optimizer)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from fxprune.flops import attention_fast_path_off, flop_counter
 
     work = copy.deepcopy(model).train()
-    counter = FlopCounterMode(display=False)
-    with counter:
+    counter = flop_counter()  # counts every attention kernel, whichever ran
+    with attention_fast_path_off(), counter:
         torch.nn.functional.cross_entropy(work(batch[0]), batch[1]).backward()
     return int(counter.get_total_flops())
 
@@ -415,12 +415,12 @@ def _training_step_flops(model: torch.nn.Module, batch: tuple[torch.Tensor, torc
 def prune_once(model, x, method: str, sparsity: float, options: dict[str, Any], count_flops: bool):
     """``fxprune.compile`` (no validation) and the FLOPs it spent when ``count_flops``."""
     import fxprune
-    from torch.utils.flop_counter import FlopCounterMode
+    from fxprune.flops import attention_fast_path_off, flop_counter
 
     if not count_flops:
         return fxprune.compile(model, x, method, sparsity, validate=False, **options), None
-    counter = FlopCounterMode(display=False)
-    with counter:
+    counter = flop_counter()
+    with attention_fast_path_off(), counter:
         result = fxprune.compile(model, x, method, sparsity, validate=False, **options)
     return result, int(counter.get_total_flops())
 
@@ -701,7 +701,17 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None,
         log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run the benchmark described by ``args`` (from :func:`build_parser`); write and return results."""
+    """Run the benchmark described by ``args`` (from :func:`build_parser`); write and return results.
+    ``--threads`` applies to this run only: torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return _run(args, argv, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None, log: Callable[[str], None] | None) -> dict[str, Any]:
+    """:func:`run` without restoring the thread count."""
     import fxprune
     from fxprune.report import human
 

@@ -359,7 +359,8 @@ class SaliencyGP(torch.nn.Module):
         preprocessing, so that the hyper-parameters keep their meaning (App. G.3 maps
         later data with the earlier ``ub`` too). Stops after ``max_iter`` iterations or
         once the per-observation NLL changes by less than ``tolerance``. Guarantees
-        finite hyper-parameters: a run that ends non-finite is undone.
+        finite hyper-parameters: a run that ends non-finite, or whose line search reaches a
+        covariance that cannot be factorised, is undone.
         """
         if max_iter < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
@@ -377,14 +378,24 @@ class SaliencyGP(torch.nn.Module):
             loss.backward()
             return loss
 
-        opt.step(closure)
+        try:
+            opt.step(closure)
+        except torch.linalg.LinAlgError:  # the line search reached a singular covariance
+            self.load_state_dict(start)
         state = opt.state[opt.param_groups[0]["params"][0]]
         with torch.no_grad():
-            nll = float(self.nll()) / n_obs
+            nll = self._nll_or_nan() / n_obs
             if not math.isfinite(nll):
                 self.load_state_dict(start)
                 nll = float(self.nll()) / n_obs
         return FitResult(nll, int(state.get("n_iter", 0)), int(state.get("func_evals", 0)))
+
+    def _nll_or_nan(self) -> float:
+        """``nll()`` as a float, NaN where the covariance cannot be factorised."""
+        try:
+            return float(self.nll())
+        except torch.linalg.LinAlgError:
+            return math.nan
 
     @staticmethod
     def select_units(state: Mapping[str, Tensor], index: Tensor) -> dict[str, Tensor]:
