@@ -5,8 +5,6 @@ subprocess, and a second subprocess reloads the ``.fxp`` with only torchvision a
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import torchvision
 import fxprune
 import fxprune.models as zoo
 from fxprune import cli
+from cli_run import run
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = "1,3,64,64"
@@ -28,14 +27,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    """``cli.main(argv)`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def files_under(folder: Path) -> list[str]:

@@ -6,9 +6,7 @@ empty, random, bit-flipped, a newer format) and the ONNX pairing record.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import random
 import warnings
 import zipfile
@@ -20,18 +18,10 @@ import torch
 
 import fxprune
 import fxprune.models as zoo
-from fxprune import cli
 from fxprune.io import FORMAT_VERSION, check_onnx_pair, file_sha256, weights_sha256
+from cli_run import run
 
 DELETE = object()
-
-
-def run(argv: list) -> tuple[int, str, str]:
-    """``cli.main(argv)`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

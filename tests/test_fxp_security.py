@@ -7,8 +7,6 @@ error, exit code 2 with one line naming the flag, and the marker never appears.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import pickle
 import sys
 import types
@@ -20,16 +18,8 @@ from torch import nn
 
 import fxprune
 import fxprune.models as zoo
-from fxprune import cli
 from fxprune.io import PickledFileError, UntrustedSourceError, model_source
-
-
-def run(argv: list) -> tuple[int, str, str]:
-    """``cli.main(argv)`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
+from cli_run import run
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ exported with fixed shapes and a note. NaN/inf outputs are never agreement.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +20,11 @@ import fxprune.models as zoo
 from fxprune import cli
 from fxprune.errors import ValidationError
 from fxprune.validate import NonFiniteOutputError, batch_variant, ort_latency, save_onnx, validate
+from cli_run import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SERVING_BATCHES = (1, 2, 7)
-
-
-def run(argv: list) -> tuple[int, str, str]:
-    """``cli.main(argv)`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def session(source: bytes | Path) -> ort.InferenceSession:

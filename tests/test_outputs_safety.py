@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import signal
 import socket
@@ -27,22 +26,15 @@ import torch
 import fxprune
 import fxprune.atomic
 import fxprune.models as zoo
-from fxprune import cli
 from fxprune.atomic import OutputError, atomic_write, atomic_write_all, check_output_path
 from fxprune.errors import InputError
+
+from cli_run import run
 
 PACKAGE_DIR = Path(fxprune.atomic.__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(argv: list) -> tuple[int, str, str]:
-    """``cli.main(argv)`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def listing(folder: Path) -> list[str]:

@@ -127,11 +127,11 @@ class BEPSteps:
             idx = torch.nonzero(keep).squeeze(1)
             self.predictions.append({"t": self.t, "group": gid, "units": self.alive[gid].tolist(),
                                      "mean": mean.tolist(), "std": cov.diagonal().clamp_min(0).sqrt().tolist(),
-                                     "kept": self.alive[gid][idx.numpy()].tolist()})
+                                     "kept": self.alive[gid][idx.cpu().numpy()].tolist()})
             if gid in self.gp_state:
                 self.gp_state[gid] = SaliencyGP.select_units(self.gp_state[gid], idx)
             if len(idx) < U:
-                keep_local[gid] = idx.numpy()
+                keep_local[gid] = idx.cpu().numpy()
         self._prune(keep_local, optimizer)
         entry["units"] = self.units()
         entry["train_flops"], entry["train_flops_ratio"] = self.flops, self.flops_ratio()
@@ -165,7 +165,7 @@ class BEPSteps:
                 continue
             if self.times:
                 _, Y = self._series(gid)
-                score = Y[:, -1].numpy()
+                score = Y[:, -1].cpu().numpy()
             else:
                 score = np.zeros(U)
             order = np.lexsort((np.arange(U), -score))
