@@ -11,14 +11,16 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx
 
 from . import rules as _rules  # noqa: F401  (registers the rule table)
 from .errors import InputError, UnsupportedOpError
 from .graph import ChannelGraph
+from .removal import removal_semantics
 from .rules.base import RULES
-from .rules.context import RuleContext, tensor_meta_shapes
+from .rules.context import RuleContext, tensor_aliases, tensor_meta_shapes
 from .spaces import SpaceKey, SpaceTable
 from .state import state_of
 from .trace import trace
@@ -37,6 +39,8 @@ class Analyzer:
         self.norm_spaces: dict[SpaceKey, str] = {}
         self.attr_spaces: set[SpaceKey] = set()
         self.position = {node: i for i, node in enumerate(gm.graph.nodes)}
+        self.nodes = {node.name: node for node in gm.graph.nodes}
+        self.aliases = tensor_aliases(gm)
         self.unsupported: dict[str, str] = {}
         self.fixed_elements: list[tuple[SpaceKey, object, str]] = []
 
@@ -55,7 +59,7 @@ class Analyzer:
         if shape[dim] < 2:
             return None
         if x.op == "get_attr":
-            key = self.table.add(("p", x.target, dim), shape[dim], self.position[x])
+            key = self.table.add(("p", self.canonical(x.target), dim), shape[dim], self.position[x])
             self.attr_spaces.add(key)
             return key
         return self.table.add(("n", x.name, out_index, dim), shape[dim], self.position[x])
@@ -72,8 +76,14 @@ class Analyzer:
             for d in range(len(shapes[i])) if (s := self.space_of(x, d, i)) is not None
         ]
 
+    def canonical(self, name: str) -> str:
+        """The one name of a parameter or buffer that several attributes share (tied weights)."""
+        return self.aliases.get(name, name)
+
     def set_role(self, key: SpaceKey, role: str) -> None:
-        self.roles.setdefault(key, role)
+        """A space's role is the strongest of its uses: produce > norm > consume."""
+        if ROLE_RANK[role] > ROLE_RANK.get(self.roles.get(key), -1):
+            self.roles[key] = role
 
     def add_barrier(self, key: SpaceKey, why: str) -> None:
         self.barriers.setdefault(key, why)
@@ -133,7 +143,24 @@ class Analyzer:
                 self.roles.setdefault(key, "produce")
         for key in set(self.roles) - linked:  # e.g. the rows of a one-head attention
             self.add_barrier(key, f"{key[1]} dim {key[2]} is not related to any tensor")
-        return ChannelGraph.build(self)
+        return self.exactly_removable(ChannelGraph.build(self))
+
+    def exactly_removable(self, graph: ChannelGraph) -> ChannelGraph:
+        """Fix the groups whose removal cannot equal zeroing (fxprune.removal); attach the semantics."""
+        removal = removal_semantics(graph)
+        problems = {gid: r.problem for gid, r in removal.items() if r.problem}
+        for gid, why in problems.items():
+            group = graph.group(gid)
+            key = group.spaces[0]
+            index = np.nonzero(group.unit_index(key) >= 0)[0]
+            self.fixed_elements.append((key, index, why))
+        if problems:
+            graph = ChannelGraph.build(self)
+        graph.removal = {gid: r for gid, r in removal.items() if not r.problem}
+        return graph
+
+
+ROLE_RANK = {"consume": 0, "norm": 1, "produce": 2}
 
 
 def describe_target(node: fx.Node, modules: dict) -> str:

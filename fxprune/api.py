@@ -19,7 +19,8 @@ from .prepare import _prepare, method_pass, trained_methods
 from .report import count_macs, count_params
 from .result import GroupReport, Report, Result
 from .state import state_of
-from .trace import as_input_tuple, trace
+from .inputs import split_inputs
+from .trace import trace
 from .training import finetune
 from .validate import validate as onnx_validate
 
@@ -28,12 +29,13 @@ __all__ = ["GroupReport", "Report", "Result", "compile", "compile_trained", "met
 
 def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity: float = 0.5, *,
             validate: bool = True, rtol: float = 1e-4, strict: bool = False, leaf_modules=(),
-            concrete_args: dict | None = None, callback=None, **options: Any) -> Result:
+            concrete_args: dict | None = None, callback=None, compensate: bool = True, **options: Any) -> Result:
     """Prune ``model`` with ``method`` and return the smaller, validated GraphModule.
 
     ``options`` go to the method (``scope``, ``round_to``, ``ignore``, ``data``,
     ``loss_fn``, ``seed`` ...). The user's model is not modified and keeps its mode;
-    the returned module is in the same train/eval mode.
+    the returned module is in the same train/eval mode. ``compensate=False`` drops the
+    constants removed units leave at their readers instead of folding them (``fxprune.rewrite``).
     """
     from .passes import Analyze, Rewrite, Validate
 
@@ -43,14 +45,16 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
                                concrete_args=concrete_args, callback=callback)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = as_input_tuple(example_inputs)
+    split_inputs(example_inputs)
     chosen = method_pass(method, {"sparsity": sparsity, **options})
     was_training = model.training
     start = time.perf_counter()
-    gm = trace(model, inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
     state_of(gm).timings["trace"] = time.perf_counter() - start
+    inputs = state_of(gm).example_inputs  # in forward's order, as the GraphModule takes them
     before = _cost(gm, inputs)
-    passes = [Analyze(strict=strict), chosen, Rewrite()] + ([Validate(rtol=rtol)] if validate else [])
+    passes = [Analyze(strict=strict), chosen, Rewrite(compensate=compensate)]
+    passes += [Validate(rtol=rtol)] if validate else []
     out = Pipeline(passes, callback=callback)(gm).graph_module
     state = state_of(out)
     after = _cost(out, inputs)
@@ -59,7 +63,8 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
                     groups=[GroupReport(g.id, g.units, len(state.plan.get(g.id, range(g.units))))
                             for g in state.channel_graph.prunable_groups],
                     seconds=dict(state.timings),
-                    validation=str(state.validation) if state.validation is not None else None)
+                    validation=str(state.validation) if state.validation is not None else None,
+                    compensate=compensate)
     if not state.channel_graph.prunable_groups:
         report.warnings.append("nothing is prunable in this model: returned unchanged; see fxprune.analyze")
     return Result(out, state.plan, report, state.channel_graph, model_source(model),
@@ -76,10 +81,11 @@ def compile_trained(model: nn.Module, example_inputs: Any, method: str, options:
     """``fxprune.compile`` for a training-time method (see module doc); returns a Result."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = as_input_tuple(example_inputs)
+    split_inputs(example_inputs)
     opts = method_pass(method, options)
     config = opts.train_config()
-    prepared = _prepare(model, inputs, method, opts, strict, leaf_modules, concrete_args)
+    prepared = _prepare(model, example_inputs, method, opts, strict, leaf_modules, concrete_args)
+    inputs = prepared.example_inputs  # in forward's order, as the GraphModule takes them
     _notify(callback, "analyze", prepared.graph.gm, prepared.timings["analyze"])
     prepared.fit(config)
     _notify(callback, method, prepared.module, prepared.timings.get(method, 0.0))

@@ -16,7 +16,8 @@ class TraceError(FxpruneError):
 
 
 class InputError(FxpruneError, ValueError):
-    """Example inputs or options do not fit the model or the API."""
+    """The user's example inputs or options do not fit the model or the API (only ever those:
+    a failure of fxprune's own steps on inputs that fit is another error, e.g. RewriteError)."""
 
 
 class UnsupportedOpError(FxpruneError):
@@ -28,7 +29,9 @@ class PlanError(FxpruneError, ValueError):
 
 
 class RewriteError(FxpruneError):
-    """The rewritten graph disagrees with the shapes the analysis predicted."""
+    """The rewrite failed: a rule's rewrite raised, the pruned graph does not run, or a node's
+    shape differs from the analysis' prediction. A bug of fxprune, not of the user's model or
+    inputs; the message names the node, its rule and the shapes (``fxprune.rewrite_errors``)."""
 
 
 class ValidationError(FxpruneError):

@@ -249,6 +249,13 @@ def check_report(value: Any) -> dict[str, Any] | None:
     return value
 
 
+def check_bool(value: Any, field: str) -> bool:
+    """True or False (the rewrite's ``compensate``; absent in files written before it existed)."""
+    if not isinstance(value, bool):
+        raise FieldProblem(field, f"must be true or false, got {type_name(value)}")
+    return value
+
+
 def check_sha256(value: Any, field: str = "weights_sha256") -> str:
     """64 lower-case hex digits."""
     if not isinstance(value, str):
@@ -285,6 +292,7 @@ FIELDS: tuple[Field, ...] = (
     Field("report", check_report, required=False),
     Field("weights_sha256", check_sha256, since=2),
     Field("onnx", check_onnx, required=False, since=2),
+    Field("compensate", lambda value: check_bool(value, "compensate"), required=False),
 )
 
 

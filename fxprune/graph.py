@@ -128,6 +128,7 @@ class ChannelGraph:
         self.unsupported = unsupported
         self.element_reasons: dict[SpaceKey, str] = {}
         self.groups: list[Group] = []
+        self.removal: dict[str, Any] = {}  # group id -> fxprune.removal.GroupRemoval (set by the analysis)
 
     # --- construction -----------------------------------------------------------
     @classmethod

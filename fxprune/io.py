@@ -145,6 +145,7 @@ def save(result: Any, path: str | os.PathLike, *, model_name: str | None = None,
         "report": result.report.to_dict(),
         "weights_sha256": weights_sha256(state_dict),
         "onnx": None if onnx_file is None else {"file": Path(onnx_file).name, "sha256": onnx_sha256},
+        "compensate": bool(getattr(result.report, "compensate", True)),
     }
     try:
         check_fields(payload)
@@ -267,7 +268,7 @@ def rebuild(payload: dict[str, Any], original: nn.Module, where: str) -> fx.Grap
         raise InputError(f"{where}: field 'input_shapes' {shapes} does not fit the model: "
                          f"{str(exc).splitlines()[0]}") from None
     try:
-        gm = rewrite(graph.gm, graph, payload["plan"])
+        gm = rewrite(graph.gm, graph, payload["plan"], compensate=payload.get("compensate", True))
     except (FxpruneError, RuntimeError, IndexError, KeyError, ValueError, TypeError) as exc:
         raise PlanError(f"{where} does not fit this model definition: field 'plan': "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -4,9 +4,11 @@ Needs: the ChannelGraph of a traced model and a plan. Guarantees: every node
 output that carries a unit of a planned group is multiplied, along that dim, by
 its unit's gate (1 for kept units and for elements outside the group), and
 the produce slices of removed units are zeroed too, which also silences units
-computed inside leaf modules (attention heads). For groups without normalisation members,
-``mask(...)(x) == rewrite(...)(x)``. With ``learnable=True`` the gates are one
-``nn.Parameter`` per group (shared by all its tensors), for training-time methods.
+computed inside leaf modules (attention heads). With ``compensate`` (the default)
+only the producers' outputs are gated, so constants that removed units leave
+downstream (``sigmoid(0)``) flow on as in the reference model. For groups without
+normalisation members, ``mask(...)(x) == rewrite(...)(x)`` with the same ``compensate``.
+With ``learnable=True`` the gates are one ``nn.Parameter`` per group (shared by all its tensors), for training-time methods.
 """
 from __future__ import annotations
 
@@ -56,13 +58,13 @@ def _insert_gate(gm: fx.GraphModule, node: fx.Node, gate: Gate, name: str) -> No
 
 
 def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequence[int]], *,
-         learnable: bool = False) -> fx.GraphModule:
+         learnable: bool = False, compensate: bool = True) -> fx.GraphModule:
     """A copy of the analysed model with gates implementing ``plan`` (see module doc)."""
-    adopt_weights(graph, model_or_gm)
+    weights = adopt_weights(graph, model_or_gm)
     plan = check_plan(graph, plan)
     gm = _copy_graph_module(graph.gm)
-    if model_or_gm is not graph.gm:
-        gm.load_state_dict(model_or_gm.state_dict())
+    if weights is not None:
+        gm.load_state_dict(weights)
     nodes = {n.name: n for n in gm.graph.nodes}
     gates = nn.ModuleDict()
     for gid, kept in plan.items():
@@ -71,8 +73,7 @@ def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequenc
         values[list(kept)] = 1.0
         group_gate = GroupGate(values, learnable)
         gates[gate_key(gid)] = group_gate
-        node_spaces = [k for k in group.spaces if k[0] == "n" and k[2] == -1]
-        for key in node_spaces:
+        for key in _gated_spaces(graph, group, learnable, compensate):
             node = nodes[key[1]]
             if node.op in ("placeholder", "output"):
                 continue
@@ -88,6 +89,17 @@ def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequenc
     state = attach_state(gm, state_of(graph.gm).example_inputs)
     state.plan = plan
     return gm
+
+
+def _gated_spaces(graph: ChannelGraph, group: Group, learnable: bool, compensate: bool) -> list:
+    """The node spaces that get a gate: every one, or (exact removal) only the producers' outputs,
+    so that what the removed units leave downstream (``sigmoid(0)``) flows on as in the rewrite."""
+    spaces = [k for k in group.spaces if k[0] == "n" and k[2] == -1]
+    removal = graph.removal.get(group.id)
+    if learnable or not compensate or removal is None:
+        return spaces
+    at_origins = [k for k in spaces if k[1] in set(removal.origins)]
+    return at_origins or spaces
 
 
 def gate_key(gid: str) -> str:

@@ -22,7 +22,7 @@ from .errors import InputError
 from .io import model_source
 from .prepared import PREPARED, Prepared, register
 from .state import state_of
-from .trace import as_input_tuple, trace
+from .trace import trace
 
 __all__ = ["PREPARED", "Prepared", "method_pass", "prepare", "register", "trained_methods"]
 
@@ -58,10 +58,10 @@ def prepare(model: nn.Module, example_inputs: Any, method: str = "itpcc", *, str
         raise InputError(f"prepare() takes a training-time method ({', '.join(sorted(methods))}), got {method!r}; "
                          f"use fxprune.compile for the others")
     opts = method_pass(method, options)
-    return _prepare(model, as_input_tuple(example_inputs), method, opts, strict, leaf_modules, concrete_args)
+    return _prepare(model, example_inputs, method, opts, strict, leaf_modules, concrete_args)
 
 
-def _prepare(model: nn.Module, inputs: tuple, method: str, opts: Any, strict: bool, leaf_modules,
+def _prepare(model: nn.Module, inputs: Any, method: str, opts: Any, strict: bool, leaf_modules,
              concrete_args: dict | None) -> Prepared:
     from .analysis import Analyzer
 

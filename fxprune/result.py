@@ -38,6 +38,7 @@ class Report:
     validation: str | None = None
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # method-specific (itpcc: target, reached, log)
+    compensate: bool = True  # constants left by removed units folded into their readers (fxprune.rewrite)
 
     @property
     def macs_ratio(self) -> float:

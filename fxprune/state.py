@@ -12,7 +12,7 @@ from torch import fx
 class State:
     """What passes hand to each other: inputs, the analysis, the plan, timings."""
 
-    example_inputs: tuple[torch.Tensor, ...]
+    example_inputs: tuple[torch.Tensor, ...]  # what the GraphModule takes, positionally in forward's order
     channel_graph: Any = None  # ChannelGraph, once analysed
     plan: dict[str, list[int]] | None = None
     validation: Any = None  # ValidationReport, once validated

@@ -1,9 +1,12 @@
 """Trace a model to a torch.fx GraphModule with an output shape on every node.
 
-Needs: an ``nn.Module`` and example inputs (a tensor or a tuple of tensors).
-Guarantees: the returned GraphModule is a copy (the user's module is never
-touched, not even BN running stats during shape propagation); every node that
-produces tensors has ``node.meta["tensor_meta"]`` (torch's ShapeProp format).
+Needs: an ``nn.Module`` and example inputs (a tensor, a tuple of tensors, or a
+dict of tensors by argument name; see ``fxprune.inputs``). Guarantees: the
+returned GraphModule is a copy (the user's module is never touched, not even BN
+running stats during shape propagation); it takes the given tensors positionally,
+in ``forward``'s signature order (arguments not given are specialised to their
+defaults, ``concrete_args`` to their values, and neither is an input); every node
+that produces tensors has ``node.meta["tensor_meta"]`` (torch's ShapeProp format).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import functools
 import importlib.util
 import io
 import logging
+import operator
 import os
 import traceback
 from typing import Any, Iterable, Iterator, Sequence
@@ -21,10 +25,12 @@ import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.nn.utils.stateless import _reparametrize_module
 
 from .errors import InputError, TraceError
+from .inputs import BoundInputs, bind_inputs
 from .state import attach_state
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -42,20 +48,6 @@ class _Tracer(fx.Tracer):
         if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
             return True
         return super().is_leaf_module(m, qualname)
-
-
-def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise example inputs to a tuple of tensors, or raise InputError."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-        isinstance(x, torch.Tensor) for x in example_inputs
-    ):
-        return tuple(example_inputs)
-    got = type(example_inputs).__name__
-    raise InputError(
-        f"example_inputs must be a tensor or a non-empty tuple of tensors, got {got}"
-    )
 
 
 def _real_dir(path: str) -> str:
@@ -112,34 +104,99 @@ def trace(
     """Trace ``model`` (a private copy of it) and propagate shapes of ``example_inputs``."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = as_input_tuple(example_inputs)
+    bound = bind_inputs(model, example_inputs, concrete_args)
     model = copy.deepcopy(model)
-    if isinstance(model, fx.GraphModule):
+    if isinstance(model, fx.GraphModule) and not bound.specialised:
         gm = model
     else:
         tracer = _Tracer(tuple(leaf_modules))
         try:
-            graph = tracer.trace(model, concrete_args=concrete_args)
+            graph = tracer.trace(model, concrete_args=bound.specialised or None)
         except Exception as exc:  # torch.fx raises many types; all mean "untraceable"
             raise _trace_error(model, exc) from exc
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    propagate_shapes(gm, inputs)
-    attach_state(gm, inputs)
+        _drop_specialised_placeholders(gm, bound)
+    propagate_shapes(gm, bound.tensors)
+    attach_state(gm, bound.tensors)
     return gm
 
 
+def _drop_specialised_placeholders(gm: fx.GraphModule, bound: BoundInputs) -> None:
+    """Remove the placeholders fx keeps for specialised arguments (and fx's checks of their
+    values), and an unused ``**kwargs``: the GraphModule then takes only the real inputs,
+    all of them required."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "placeholder":
+            continue
+        if not _is_specialised(node, bound):
+            changed = changed or bool(node.args)
+            node.args = ()  # a given input is required, even if forward has a default for it
+            continue
+        for user in list(node.users):
+            _erase_value_check(gm.graph, user)
+        if not node.users:
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+
+
+def _is_specialised(placeholder: fx.Node, bound: BoundInputs) -> bool:
+    target = str(placeholder.target)
+    if bound.names or target.startswith("**"):
+        return target not in bound.names
+    base, _, count = target.rpartition("_")
+    return base in bound.specialised and count.isdigit()
+
+
+def _erase_value_check(graph: fx.Graph, node: fx.Node) -> None:
+    """Erase ``node`` when it is fx's check of a specialised value (``_assert_is_none(ph)``,
+    ``torch._assert(ph == v)``), with the comparison it asserts."""
+    if node.op != "call_function":
+        return
+    if node.target in (_assert_is_none, torch._assert) and not node.users:
+        graph.erase_node(node)
+    elif node.target is operator.eq and node.users and all(u.target is torch._assert for u in node.users):
+        for user in list(node.users):
+            graph.erase_node(user)
+        graph.erase_node(node)
+
+
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-    """Store every node's output shape in ``node.meta["tensor_meta"]``; wrong inputs raise InputError.
+    """Store every node's output shape in ``node.meta["tensor_meta"]``; inputs that do not fit
+    raise InputError (for the user's model and inputs; see ``try_propagate_shapes`` otherwise).
+    """
+    _check_input_count(gm, inputs)
+    try:
+        try_propagate_shapes(gm, inputs)
+    except ShapePropagationError as failed:
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise InputError(f"example inputs of shape {shapes} do not fit the model: {failed.first_line}") from failed.cause
+
+
+class ShapePropagationError(Exception):
+    """No strategy could run the graph: ``node`` is where its real forward failed (None if unknown)."""
+
+    def __init__(self, node: fx.Node | None, cause: BaseException):
+        super().__init__(str(cause))
+        self.node = node
+        self.cause = cause
+
+    @property
+    def first_line(self) -> str:
+        cause = self.cause.__cause__ or self.cause
+        return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+
+
+def try_propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Store every node's output shape in ``node.meta["tensor_meta"]``, or raise ShapePropagationError.
 
     Runs ShapeProp on the meta device (weights swapped for meta tensors: no
     arithmetic and no copy); ops without meta kernels fall back to a real forward,
-    then to fake tensors.
+    then to fake tensors. The error names the node where the real forward failed.
     """
-    n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    if len(inputs) != n_placeholders:
-        raise InputError(
-            f"the model takes {n_placeholders} input(s) but {len(inputs)} example input(s) were given"
-        )
     was_training = gm.training
     gm.eval()  # shapes do not depend on the mode; eval keeps BN running stats untouched
     try:
@@ -148,36 +205,62 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
         gm.train(was_training)
 
 
+def _check_input_count(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    fixed = [n for n in names if not n.startswith("*")]
+    variadic = len(fixed) < len(names)
+    if len(inputs) < len(fixed) or (len(inputs) > len(fixed) and not variadic):
+        raise InputError(f"the model takes {len(fixed)} input(s) ({', '.join(names)}) but "
+                         f"{len(inputs)} example input(s) were given")
+
+
 def _propagate_first_that_works(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-    errors = []
+    failures = []
     for propagate in (_meta_propagate, _real_propagate, _fake_propagate):
         try:
             propagate(gm, inputs)
             return
-        except Exception as exc:  # the next strategy may support this op
-            errors.append(exc)
-    cause = errors[1].__cause__ or errors[1]  # the real forward's error is the clearest
-    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
-    shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-    raise InputError(f"example inputs of shape {shapes} do not fit the model: {first_line}") from errors[1]
+        except ShapePropagationError as failed:  # the next strategy may support this op
+            failures.append(failed)
+    raise failures[1]  # the real forward's error is the clearest
+
+
+class _NodeTracking:
+    """Mixin for fx interpreters: a failure is a ShapePropagationError naming the node."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)  # type: ignore[misc]
+        except ShapePropagationError:
+            raise
+        except Exception as exc:
+            raise ShapePropagationError(n, exc) from exc
+
+
+class _ShapeProp(_NodeTracking, ShapeProp):
+    pass
+
+
+class _FakeTensorProp(_NodeTracking, FakeTensorProp):
+    pass
 
 
 def _meta_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
     """ShapeProp with every parameter, buffer and input on the meta device: no arithmetic, no copy."""
     meta = {name: t.to("meta") for name, t in [*gm.named_parameters(), *gm.named_buffers()]}
     with torch.no_grad(), _reparametrize_module(gm, meta), contextlib.redirect_stderr(io.StringIO()):
-        ShapeProp(gm).propagate(*(x.to("meta") for x in inputs))
+        _run(_ShapeProp(gm), *(x.to("meta") for x in inputs))
 
 
 def _real_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
     with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
-        ShapeProp(gm).propagate(*inputs)
+        _run(_ShapeProp(gm), *inputs)
 
 
 def _fake_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with torch.no_grad(), _logger_silenced("torch._subclasses.fake_tensor"):
-        FakeTensorProp(gm, mode).propagate(*(mode.from_tensor(x) for x in inputs))
+        _run(_FakeTensorProp(gm, mode), *(mode.from_tensor(x) for x in inputs))
     for node in gm.graph.nodes:
         val = node.meta.pop("val", None)
         meta = _metadata(val)
@@ -185,6 +268,16 @@ def _fake_propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Non
             node.meta["tensor_meta"] = meta
         else:
             node.meta.pop("tensor_meta", None)
+
+
+def _run(prop: Any, *args: Any) -> None:
+    """``prop.propagate(*args)``; any failure becomes a ShapePropagationError."""
+    try:
+        prop.propagate(*args)
+    except ShapePropagationError:
+        raise
+    except Exception as exc:  # e.g. moving inputs to a device, before any node ran
+        raise ShapePropagationError(None, exc) from exc
 
 
 @contextlib.contextmanager

@@ -18,15 +18,18 @@ from fxprune.rewrite import rewrite
 
 @dataclass(frozen=True)
 class Rewrite(Pass):
+    """``compensate``: fold the constants removed units leave at their readers (``fxprune.rewrite``)."""
+
     name: ClassVar[str] = "rewrite"
+    compensate: bool = True
 
     def run(self, gm: fx.GraphModule) -> fx.GraphModule:
         state = require_state(gm, self.name)
         if state.channel_graph is None or state.plan is None:
             raise PlanError("rewrite needs an analysis and a plan: run Analyze() and a method pass first")
-        new = rewrite(gm, state.channel_graph, state.plan)
+        new = rewrite(gm, state.channel_graph, state.plan, compensate=self.compensate)
         new_state = new.meta["fxprune"]
         new_state.channel_graph = state.channel_graph
         new_state.timings = dict(state.timings)
-        new_state.notes = list(state.notes)
+        new_state.notes = list(state.notes) + new_state.notes
         return new

@@ -169,6 +169,10 @@ def _add_prune(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("--rtol", type=positive_float, default=1e-4,
                    help="onnxruntime validation tolerance, relative to the largest output magnitude")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--no-compensate", dest="compensate", action="store_false", help=(
+        "drop the constants removed units leave at the layers reading them (sigmoid(0), x + 1 ...) instead of "
+        "folding them into those layers' biases; the pruned model then no longer equals the original with the "
+        "removed units zeroed"))
     p.set_defaults(func=cmd_prune)
 
 

@@ -147,7 +147,8 @@ def _compile(loaded: Loaded, inputs: tuple, args: argparse.Namespace, options: d
 
     try:
         return fxprune.compile(loaded.model, inputs, args.method, args.sparsity, validate=True,
-                               rtol=args.rtol, strict=args.strict, callback=dumper, **options)
+                               rtol=args.rtol, strict=args.strict, callback=dumper,
+                               compensate=getattr(args, "compensate", True), **options)
     except UnsupportedOpError as exc:
         raise CLIError(f"{one_line(exc)}; drop --strict to treat such ops as barriers") from None
     except FxpruneError:

@@ -67,14 +67,14 @@ def einsum(ctx) -> None:
 
 
 def _rewrite_sdpa(r) -> None:
-    q = r.node.args[0]
+    q = arg(r.node, 0, "query")
     if r.old_shape(q)[-1] != r.new_shape(q)[-1] and arg(r.node, 6, "scale") is None:
         set_arg(r.node, 6, "scale", float(r.old_shape(q)[-1]) ** -0.5)
 
 
 @rule(functions=[F.scaled_dot_product_attention], name="sdpa", rewrite=_rewrite_sdpa)
 def sdpa(ctx) -> None:
-    q, k, v = ctx.node.args[:3]
+    q, k, v = (arg(ctx.node, i, name) for i, name in enumerate(("query", "key", "value")))
     ctx.same(ctx.space(q, -1), ctx.space(k, -1))
     ctx.same(ctx.space(q, -2), ctx.out(-2))
     ctx.same(ctx.space(k, -2), ctx.space(v, -2))
@@ -85,7 +85,18 @@ def sdpa(ctx) -> None:
     if ctx.shape(mask) is not None:
         ctx.same(ctx.space(mask, -2), ctx.space(q, -2))
         ctx.same(ctx.space(mask, -1), ctx.space(k, -2))
-        ctx.cover(*ctx.dims(mask))
+        _align_batch(ctx, mask, 2)  # e.g. a per-head bias: its head dim goes with the heads
+    _shared_kv_heads(ctx, q, k)
+
+
+def _shared_kv_heads(ctx, q, k) -> None:
+    """Grouped-query attention (``enable_gqa``, fewer key/value heads than query heads): query
+    head h reads key/value head h // (Hq / Hkv), so removing query heads would regroup them."""
+    sq, sk = ctx.shape(q), ctx.shape(k)
+    if not arg(ctx.node, 7, "enable_gqa", False) or sq is None or sk is None or min(len(sq), len(sk)) < 3:
+        return
+    if sq[-3] != sk[-3]:
+        ctx.barrier(ctx.space(q, -3), "grouped-query attention: query heads share key/value heads")
 
 
 def _link_heads(ctx, heads, space, n_rows: int, inner: int, head_dim: int) -> None:
@@ -103,14 +114,26 @@ def _rewrite_mha(r) -> None:
     r.set_module(fxnn.PrunedMultiheadAttention(m, weights, inner // m.head_dim))
 
 
+def _weights_output_used(node) -> bool:
+    """Whether anything reads output 1 (the attention weights) of a MultiheadAttention call."""
+    return any(not (user.target is operator.getitem and (user.args[1] == 0 or not user.users)) for user in node.users)
+
+
 @rule(modules=[nn.MultiheadAttention], name="multihead_attention", rewrite=_rewrite_mha)
 def multihead_attention(ctx) -> None:
     m: nn.MultiheadAttention = ctx.module
     query, key, value = (arg(ctx.node, i, n) for i, n in enumerate(("query", "key", "value")))
     if m.bias_k is not None or m.add_zero_attn or ctx.shape(query) is None:
         return
+    mask_shape = ctx.shape(arg(ctx.node, 5, "attn_mask"))
+    if mask_shape is not None and len(mask_shape) == 3:  # (N * heads, L, S): the substitute takes 2-D masks
+        for space in (ctx.space(query, -1), ctx.space(key, -1), ctx.space(value, -1), ctx.out(-1, 0)):
+            ctx.barrier(space, "a per-head (3-D) attn_mask")
+        return
     inner, hd = m.embed_dim, m.head_dim
     heads = ctx.virtual("heads", m.num_heads)
+    if arg(ctx.node, 4, "need_weights", True) and _weights_output_used(ctx.node):
+        ctx.barrier(heads, "its attention-weights output is used, and it averages over the heads")
     if m._qkv_same_embed_dim:
         for t in (query, key, value):
             ctx.same(ctx.space(t, -1), ctx.param("in_proj_weight", 1, "consume"))

@@ -15,11 +15,21 @@ from typing import Any, Callable, Iterable
 from torch import fx, nn
 
 
+REMOVAL_KINDS = ("pass", "elementwise", "product", "constant")
+
+
 @dataclass(frozen=True)
 class Rule:
+    """``removal``: what the op makes of a removed (zeroed) unit, for rules outside fxprune
+    (built-in rules are described in ``fxprune.removal``): ``"pass"`` (zero stays zero, a
+    constant stays constant), ``"elementwise"`` (judged by running the op on zeros),
+    ``"product"`` (zero when any operand carrying it is zero) or ``"constant"`` (may turn zero
+    into a constant). None: unknown, so a group whose removed units reach it is kept whole."""
+
     name: str
     analyze: Callable[[Any], None]
     rewrite: Callable[[Any], None] | None = None
+    removal: str | None = None
 
 
 @dataclass
@@ -29,14 +39,10 @@ class RuleTable:
     methods: dict[str, Rule]
 
     def lookup(self, node: fx.Node, modules: dict[str, nn.Module]) -> Rule | None:
-        """The rule for ``node``: exact module type first, then its bases."""
+        """The rule for ``node``: exact module type first, then its bases (see ``rule_class``)."""
         if node.op == "call_module":
-            for cls in type(modules[node.target]).__mro__:
-                if cls in self.modules:
-                    return self.modules[cls]
-                if cls is nn.Module:
-                    return None
-            return None
+            cls = rule_class(type(modules[node.target]), self.modules)
+            return None if cls is None else self.modules[cls]
         if node.op == "call_function":
             return self.functions.get(node.target)
         if node.op == "call_method":
@@ -47,6 +53,22 @@ class RuleTable:
 RULES = RuleTable({}, {}, {})
 
 
+def rule_class(cls: type, table: dict[type, Any]) -> type | None:
+    """The class of ``cls``'s MRO whose entry in ``table`` applies to it, or None.
+
+    A subclass inherits its base's entry only when it computes what the base
+    computes: a class on the way that defines its own ``forward`` (e.g. a conv that
+    standardises its weight first) stops the walk, so such a module gets no rule
+    (its dims are barriers) unless it is traced through.
+    """
+    for klass in cls.__mro__:
+        if klass in table:
+            return klass
+        if klass is nn.Module or "forward" in vars(klass):
+            return None
+    return None
+
+
 def rule(
     *,
     modules: Iterable[type] = (),
@@ -54,11 +76,14 @@ def rule(
     methods: Iterable[str] = (),
     rewrite: Callable[[Any], None] | None = None,
     name: str | None = None,
+    removal: str | None = None,
 ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
-    """Register the decorated ``analyze`` function for these ops."""
+    """Register the decorated ``analyze`` function for these ops (``removal``: see ``Rule``)."""
+    if removal is not None and removal not in REMOVAL_KINDS:
+        raise ValueError(f"removal must be one of {REMOVAL_KINDS} or None, got {removal!r}")
 
     def register(analyze: Callable[[Any], None]) -> Callable[[Any], None]:
-        r = Rule(name or analyze.__name__, analyze, rewrite)
+        r = Rule(name or analyze.__name__, analyze, rewrite, removal)
         for m in modules:
             RULES.modules[m] = r
         for f in functions:

@@ -22,6 +22,17 @@ def tensor_meta_shapes(node: fx.Node) -> list[tuple[int, ...]] | tuple[int, ...]
     return None
 
 
+def tensor_aliases(gm: torch.nn.Module) -> dict[str, str]:
+    """Every name of a shared parameter/buffer -> its first name (``named_parameters`` order)."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, tensor in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        canonical = first.setdefault(id(tensor), name)
+        if canonical != name:
+            out[name] = canonical
+    return out
+
+
 def node_shape(node: Any) -> tuple[int, ...] | None:
     """Shape of a single-tensor node (None for non-tensors and tuple outputs)."""
     if not isinstance(node, fx.Node):
@@ -75,7 +86,7 @@ class RuleContext:
 
     def param(self, attr: str, dim: int, role: str) -> SpaceKey | None:
         """Space of dim ``dim`` of parameter/buffer ``attr`` of this node's module."""
-        qualname = f"{self.node.target}.{attr}"
+        qualname = self.an.canonical(f"{self.node.target}.{attr}")
         owner, _, leaf = attr.rpartition(".")
         tensor = getattr(self.module.get_submodule(owner) if owner else self.module, leaf, None)
         if not isinstance(tensor, torch.Tensor) or tensor.shape[dim] < 2:
@@ -118,8 +129,12 @@ class RuleContext:
             self.covered.add(space)
 
     def role(self, space: SpaceKey | None, role: str) -> None:
+        """Give ``space`` a role; a view of a parameter (``w.t()``) passes it on to the parameter."""
         if space is not None:
             self.an.set_role(space, role)
+            source = parameter_behind(self.an, space)
+            if source is not None:
+                self.an.set_role(source, role)
 
     def fix(self, space: SpaceKey | None, index: Sequence[int], why: str) -> None:
         """Elements ``index`` of ``space`` must stay (e.g. read by an integer index)."""
@@ -131,3 +146,43 @@ class RuleContext:
         if space is not None:
             self.an.add_barrier(space, f"{self.node.name}: {why}")
             self.covered.add(space)
+
+
+VIEWS = {"t", "transpose", "permute", "contiguous", "to", "float", "half", "double", "detach", "clone",
+         torch.t, torch.transpose, torch.permute}
+
+
+def parameter_behind(an: Any, space: SpaceKey) -> SpaceKey | None:
+    """The parameter space that node space ``space`` is a (transposed) view of, if any."""
+    if space[0] != "n" or space[2] != -1:
+        return None
+    node, dim = an.nodes.get(space[1]), space[3]
+    while node is not None and node.op != "get_attr":
+        if node.target not in VIEWS or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        dim = _source_dim(node, dim)
+        if dim is None:
+            return None
+        node = node.args[0]
+    if node is None:
+        return None
+    key = ("p", an.canonical(node.target), dim)
+    return key if key in an.table.sizes else None
+
+
+def _source_dim(node: fx.Node, dim: int) -> int | None:
+    """Which input dim output dim ``dim`` of a view-like op reads."""
+    shape = node_shape(node)
+    if shape is None:
+        return None
+    n = len(shape)
+    if node.target in ("t", torch.t):
+        return n - 1 - dim
+    if node.target in ("transpose", torch.transpose):
+        a, b = (d % n for d in node.args[1:3]) if len(node.args) >= 3 else (None, None)
+        return None if a is None else (b if dim == a else a if dim == b else dim)
+    if node.target in ("permute", torch.permute):
+        dims = node.args[1:] if node.target == "permute" else node.args[1]
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return dims[dim] % n if all(isinstance(d, int) for d in dims) else None
+    return dim

@@ -11,7 +11,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from .base import arg, rule, set_arg
+from .base import arg, rule, rule_class, set_arg
 
 CONV_DIMS = {
     nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3,
@@ -63,14 +63,14 @@ def _relate_channels(ctx, x, groups: int, transposed: bool, weight, bias) -> Non
 
 
 def _kind(ctx):
-    return type(ctx.module) if ctx.node.op == "call_module" else ctx.node.target
+    return rule_class(type(ctx.module), CONV_DIMS) if ctx.node.op == "call_module" else ctx.node.target
 
 
 @rule(modules=[m for m in CONV_DIMS if isinstance(m, type)], name="conv",
       rewrite=lambda r: _rewrite_conv_module(r))
 def conv_module(ctx) -> None:
     m = ctx.module
-    transposed = type(m) in TRANSPOSED
+    transposed = rule_class(type(m), CONV_DIMS) in TRANSPOSED
     _relate_channels(ctx, ctx.node.args[0], m.groups, transposed,
                      lambda d, role: ctx.param("weight", d, role),
                      lambda role: ctx.param("bias", 0, role) if m.bias is not None else None)
@@ -82,7 +82,7 @@ def _new_groups(r, x, groups: int, in_per_group: int, cd: int) -> int:
 
 def _rewrite_conv_module(r) -> None:
     m, x = r.module, r.node.args[0]
-    k = CONV_DIMS[type(m)]
+    k = CONV_DIMS[rule_class(type(m), CONV_DIMS)]
     cd = len(r.old_shape(x)) - k - 1
     old_in = r.old_shape(x)[cd]
     m.groups = _new_groups(r, x, m.groups, old_in // m.groups, cd)

@@ -14,6 +14,7 @@ import torchvision
 from torch import fx, nn
 
 from .base import rule
+from .size_reads import keep_original_sizes, size_read, size_uses
 
 ACTIVATION_MODULES = [
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -91,13 +92,24 @@ def prelu(ctx) -> None:
 
 
 @rule(functions=[getattr, len], methods=["size", "dim", "numel", "nelement", "element_size", "is_contiguous",
-                                          "get_device"], name="metadata")
+                                          "get_device"], name="metadata", rewrite=keep_original_sizes)
 def metadata(ctx) -> None:
-    """Reading ``x.shape``/``x.size()``/``x.dtype``: no data flows, every dim of ``x`` is free.
+    """Reading ``x.shape``/``x.size()``/``x.dtype``: no data flows.
 
-    A size that is later used as a literal (e.g. in ``view``) is rewritten with it;
-    any other use that a pruning would break shows up in the post-rewrite shape check.
+    A size read is classified by what consumes it (fxprune/rules/size_reads.py): a size
+    argument of a reshape gets the new size, arithmetic into tensor values keeps the
+    original number; any other use (``torch.zeros(C)``, ``chunk(C)`` ...) makes the dims
+    it reads barriers. Every other dim of ``x`` is free.
     """
     if ctx.node.target is getattr and ctx.node.args[1] not in ("shape", "dtype", "device", "ndim", "is_cuda"):
         return
-    ctx.cover(*ctx.dims(ctx.node.args[0]))
+    x = ctx.node.args[0]
+    read = size_read(ctx.node)
+    blocked = {} if read is None else {d: use for use in size_uses(read) if use.kind == "other" for d in use.dims}
+    for d, space in enumerate(ctx.dims(x)):
+        if d in blocked:
+            user = blocked[d].user
+            ctx.barrier(space, f"the size of dim {d} of {x.name} is used by {user.name} "
+                               f"({user.op} {getattr(user.target, '__name__', user.target)}), which pruning would change")
+        else:
+            ctx.cover(space)

@@ -23,29 +23,66 @@ def _pass_through(ctx, x) -> None:
         ctx.same(ctx.space(x, d), ctx.out(d))
 
 
-def _channel_dim(shape) -> int:
+INSTANCE_RANKS = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
+
+
+def channel_dim(shape, module: nn.Module | None = None) -> int:
+    """Dim 1, or 0 for an unbatched input: (C,) for BatchNorm1d, (C, *spatial) for an InstanceNorm."""
+    spatial = next((k for cls, k in INSTANCE_RANKS.items() if isinstance(module, cls)), None)
+    if spatial is not None:
+        return 0 if len(shape) == spatial + 1 else 1
     return 1 if len(shape) >= 2 else 0
 
 
 def _rewrite_per_channel(r) -> None:
-    r.module.num_features = r.new_shape(r.node)[_channel_dim(r.new_shape(r.node))]
+    shape = r.new_shape(r.node)
+    r.module.num_features = shape[channel_dim(shape, r.module)]
+
+
+def _batch_statistics(ctx, x, channel: int) -> None:
+    """Statistics computed from the input: every other dim is reduced over (a norm member), and
+    keeps two elements (a statistic over one element is undefined or an error)."""
+    for d in range(len(ctx.shape(x))):
+        if d != channel:
+            ctx.norm(ctx.out(d))
+            ctx.fix(ctx.out(d), [0, 1], "statistics need two elements")
+
+
+def _module_uses_input_stats(m: nn.Module) -> bool:
+    """BatchNorm in training mode or without running stats; InstanceNorm unless eval with running stats."""
+    return m.training or getattr(m, "running_mean", None) is None
 
 
 @rule(modules=PER_CHANNEL_NORMS, name="batchnorm", rewrite=_rewrite_per_channel)
 def batchnorm_module(ctx) -> None:
     x = ctx.node.args[0]
     _pass_through(ctx, x)
-    c = ctx.out(_channel_dim(ctx.shape(x)))
+    channel = channel_dim(ctx.shape(x), ctx.module)
+    if _module_uses_input_stats(ctx.module):
+        _batch_statistics(ctx, x, channel)
+    c = ctx.out(channel)
     for attr in STATS:
         if isinstance(getattr(ctx.module, attr, None), torch.Tensor):
             ctx.same(c, ctx.param(attr, 0, "produce"))
+
+
+def _function_uses_input_stats(node) -> bool:
+    """``F.batch_norm(training=True)`` or without running stats; ``F.instance_norm`` unless
+    ``use_input_stats=False``. A flag computed at run time counts as True."""
+    running_mean = arg(node, 1, "running_mean")
+    if node.target is F.instance_norm:
+        return arg(node, 5, "use_input_stats", True) is not False or running_mean is None
+    return arg(node, 5, "training", False) is not False or running_mean is None
 
 
 @rule(functions=[F.batch_norm, F.instance_norm], name="batchnorm")
 def batchnorm_function(ctx) -> None:
     x = ctx.node.args[0]
     _pass_through(ctx, x)
-    c = ctx.out(_channel_dim(ctx.shape(x)))
+    channel = channel_dim(ctx.shape(x))
+    if _function_uses_input_stats(ctx.node):
+        _batch_statistics(ctx, x, channel)
+    c = ctx.out(channel)
     for i, name in enumerate(("running_mean", "running_var", "weight", "bias"), start=1):
         s = ctx.space(arg(ctx.node, i, name), 0)
         ctx.role(s, "produce")

@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from .base import arg, rule, set_arg
+from .context import tensor_meta_shapes
 
 RESHAPE_METHODS = ["view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"]
 RESHAPE_FUNCTIONS = [torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze]
@@ -109,42 +110,97 @@ def _new_sizes(r, sizes, first_dim: int = 0) -> list:
 
 def _rewrite_reshape(r) -> None:
     node = r.node
+    in_rank = len(r.old_shape(node.args[0]) or ())
     if node.op == "call_module":
-        if isinstance(r.module, nn.Unflatten):
-            dim = r.module.dim % len(r.new_shape(node))
+        if isinstance(r.module, nn.Unflatten):  # ``dim`` counts the input's dims
+            dim = r.module.dim % in_rank
             r.module.unflattened_size = tuple(_new_sizes(r, r.module.unflattened_size, dim))
         return
     if node.target in ("view", "reshape", torch.reshape):
-        packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) or node.target is torch.reshape
-        if packed:
-            shape = arg(node, 1, "shape")
-            set_arg(node, 1, "shape", _new_sizes(r, shape))
-        else:
-            node.args = (node.args[0], *_new_sizes(r, node.args[1:]))
+        _rewrite_view_sizes(r, node)
     elif node.target in ("unflatten", torch.unflatten):
-        dim = arg(node, 1, "dim") % len(r.new_shape(node))
+        dim = arg(node, 1, "dim") % in_rank
         set_arg(node, 2, "sizes", _new_sizes(r, arg(node, 2, "sizes"), dim))
+    elif node.target in ("squeeze", torch.squeeze):
+        _squeeze_only_unit_dims(r, node, in_rank)
+
+
+def _rewrite_view_sizes(r, node: fx.Node) -> None:
+    """Sizes given as varargs, as one tuple/list or shape value, or by keyword (``size=``/``shape=``)."""
+    rest = node.args[1:]
+    if not rest:
+        name = next((k for k in ("shape", "size") if k in node.kwargs), None)
+        if name is not None:
+            node.kwargs = {**node.kwargs, name: _packed_sizes(r, node.kwargs[name])}
+    elif len(rest) == 1 and (isinstance(rest[0], (tuple, list)) or _reads_whole_shape(rest[0])):
+        node.args = (node.args[0], _packed_sizes(r, rest[0]))
+    else:
+        node.args = (node.args[0], *_new_sizes(r, rest))
+
+
+def _packed_sizes(r, sizes):
+    """New sizes for a tuple/list, or for a whole shape read from a tensor (``y.view(other.shape)``):
+    kept when ``other`` shrinks the same way, else the new shape as literals."""
+    if isinstance(sizes, (tuple, list)):
+        return type(sizes)(_new_sizes(r, sizes))
+    source = sizes.args[0]
+    return sizes if r.new_shape(source) == r.new_shape(r.node) else tuple(r.new_shape(r.node))
+
+
+def _reads_whole_shape(value) -> bool:
+    """``x.shape`` or ``x.size()``: one value that is a whole shape."""
+    if not isinstance(value, fx.Node):
+        return False
+    if value.op == "call_method" and value.target == "size":
+        return len(value.args) == 1 and "dim" not in value.kwargs
+    return value.op == "call_function" and value.target is getattr and value.args[1] == "shape"
+
+
+def _squeeze_only_unit_dims(r, node: fx.Node, rank: int) -> None:
+    """``squeeze()``/``squeeze(d)`` drop only the dims that had size 1 before pruning: a pruned dim
+    may have shrunk to one element and must stay."""
+    old_in = r.old_shape(node.args[0])
+    dim = arg(node, 1, "dim")
+    dims = range(rank) if dim is None else ([dim] if isinstance(dim, int) else dim)
+    if not all(isinstance(d, int) for d in dims):
+        return
+    node.args, node.kwargs = (node.args[0], tuple(d % rank for d in dims if old_in[d % rank] == 1)), {}
 
 
 def _permutation(ctx) -> list[int] | None:
+    """Output dim d is input dim ``perm[d]`` (None when the dims are not literal)."""
     node, n = ctx.node, len(ctx.out_shape)
     if node.target in ("permute", torch.permute):
-        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
-        dims = arg(node, 1, "dims") if node.target is torch.permute else dims
-        return [d % n for d in dims] if all(isinstance(d, int) for d in dims) else None
+        dims = arg(node, 1, "dims")
+        if node.target == "permute" and (len(node.args) > 2 or isinstance(dims, int)):  # x.permute(0, 2, 1)
+            dims = node.args[1:]
+        ok = isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims)
+        return [d % n for d in dims] if ok else None
     if node.target in ("t", torch.t):
         return list(range(n))[::-1]
     if node.target in ("movedim", "moveaxis", torch.movedim, torch.moveaxis):
-        src, dst = arg(node, 1, "source"), arg(node, 2, "destination")
-        if not all(isinstance(v, (int, tuple, list)) for v in (src, dst)):
-            return None
-        return list(np.moveaxis(np.arange(n), src, dst))
-    d0, d1 = node.args[1], node.args[2]
+        return _moved(arg(node, 1, "source"), arg(node, 2, "destination"), n)
+    names = ("axis0", "axis1") if node.target in ("swapaxes", torch.swapaxes) else ("dim0", "dim1")
+    d0, d1 = arg(node, 1, names[0]), arg(node, 2, names[1])
     if not (isinstance(d0, int) and isinstance(d1, int)):
         return None
     perm = list(range(n))
     perm[d0 % n], perm[d1 % n] = perm[d1 % n], perm[d0 % n]
     return perm
+
+
+def _moved(src, dst, n: int) -> list[int] | None:
+    """The permutation of ``movedim(x, src, dst)``: moved dims land at ``dst``, the rest keep their order."""
+    src = [src] if isinstance(src, int) else src
+    dst = [dst] if isinstance(dst, int) else dst
+    if not (isinstance(src, (tuple, list)) and isinstance(dst, (tuple, list)) and len(src) == len(dst)
+            and all(isinstance(d, int) for d in (*src, *dst))):
+        return None
+    perm: list[int | None] = [None] * n
+    for s_, d_ in zip(src, dst):
+        perm[d_ % n] = s_ % n
+    rest = iter(d for d in range(n) if d not in {s_ % n for s_ in src})
+    return [p if p is not None else next(rest) for p in perm]
 
 
 PERMUTES = ["permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "moveaxis"]
@@ -159,7 +215,8 @@ def permute(ctx) -> None:
 
 
 def _cat_inputs(node: fx.Node) -> tuple[list, int]:
-    return list(arg(node, 0, "tensors")), arg(node, 1, "dim", 0)
+    """The tensors and the dim of ``cat``/``stack`` (also given as numpy's ``axis=``)."""
+    return list(arg(node, 0, "tensors")), arg(node, 1, "dim", node.kwargs.get("axis", 0))
 
 
 @rule(functions=[torch.cat, torch.concat, torch.concatenate], name="cat")
@@ -258,10 +315,11 @@ def _plain_slice(it) -> bool:
 @rule(functions=[operator.getitem], name="getitem", rewrite=lambda r: _rewrite_getitem(r))
 def getitem(ctx) -> None:
     src, index = ctx.node.args
-    if ctx.shape(src) is None:  # element of a tuple output
-        if isinstance(index, int) and ctx.out_shape is not None:
+    if ctx.shape(src) is None:  # element of a tuple output (``chunks[-1]`` counts from the end)
+        outputs = tensor_meta_shapes(src) if isinstance(src, fx.Node) else None
+        if isinstance(index, int) and ctx.out_shape is not None and isinstance(outputs, list):
             for d in range(len(ctx.out_shape)):
-                ctx.same(ctx.space(src, d, index), ctx.out(d))
+                ctx.same(ctx.space(src, d, index % len(outputs)), ctx.out(d))
         return
     shape = ctx.shape(src)
     items = _index_items(index, len(shape))
