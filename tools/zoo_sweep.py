@@ -1082,6 +1082,7 @@ def summarize(records: list[dict[str, Any]], skipped: list[tuple[str, int]], com
         "failures_by_cause": failures_by_cause(records),
         "skipped_over_max_params": [{"model": n, "params": p} for n, p in skipped],
         "total_s": total_s,
+        "models_total_s": sum(r["total_s"] for r in records if isinstance(r.get("total_s"), (int, float))),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": _timm_version() if zoo == "timm" else None,
@@ -1152,7 +1153,7 @@ def _header(s: dict[str, Any]) -> list[str]:
     lines = [
         f"# fxprune {s.get('zoo', 'torchvision')} zoo sweep", "", "Command:", "", "```", s["command"], "```", "",
         f"{versions}, python {s['python']}, {s['platform']}; method l1, sparsity 0.5, one subprocess per model; "
-        f"total {s['total_s'] / 60:.1f} min.", "",
+        f"total {s.get('models_total_s', s['total_s']) / 60:.1f} min (the models' seconds added up).", "",
     ]
     if s.get("zoo") == "timm":
         lines += [f"Models: `TIMM_MODELS` of tools/zoo_sweep.py (unless `--models`): per timm family (module of "
@@ -1377,6 +1378,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(out + ".json") as f:
             data = json.load(f)
         data["summary"]["failures_by_cause"] = failures_by_cause(data["records"])
+        data["summary"]["models_total_s"] = sum(r["total_s"] for r in data["records"]
+                                                if isinstance(r.get("total_s"), (int, float)))
         write_outputs(out, data["records"], data["summary"])
         return 0
     return parent_main(args, argv)
