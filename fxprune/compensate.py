@@ -96,7 +96,12 @@ def _readers(rw: Any) -> list[tuple[str, Reader]]:
         info = removal.get(gid)
         if info is not None and len(kept) < rw.graph.group(gid).units:
             out.extend((gid, r) for r in info.compensated)
-    return out
+    # one fold per reader: it adds what ALL removed channels of its input contributed
+    # (several groups may reach one reader through a cat; folding per group counted them twice)
+    unique: dict[str, tuple[str, Reader]] = {}
+    for gid, r in out:
+        unique.setdefault(r.node, (gid, r))
+    return list(unique.values())
 
 
 def _zero_removed_produce(rw: Any) -> None:

@@ -323,3 +323,23 @@ def test_tied_weights_are_one_tensor_before_and_after_the_rewrite(model_cls):
         assert len(list(pruned.parameters())) == len(list(model.parameters()))
     with torch.no_grad():
         compare(pruned(x), zero_produce(graph, plan)(x), "all groups at once")
+
+
+class TwoGroupsOneReader(nn.Module):
+    """Two groups with constants reach one reader through a cat (one fold, not one per group)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.reader = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(9, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.reader(torch.cat([torch.sigmoid(self.a(x)), torch.sigmoid(self.b(x))], 1))
+
+
+def test_groups_sharing_a_reader_are_folded_once():
+    torch.manual_seed(0)
+    model, x = TwoGroupsOneReader().eval(), torch.randn(2, 3, 6, 6)
+    graph = fxprune.analyze(model, x)
+    plan = {"a": [0, 1], "b": [2, 3]}
+    with torch.no_grad():
+        compare(fxprune.rewrite(model, graph, plan)(x), zero_produce(graph, plan)(x), "two groups, one reader")
