@@ -22,7 +22,7 @@ elements away: conv/linear input channels, matmul contractions, ``sum``) sees
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -466,10 +466,4 @@ def _evaluate(node: fx.Node, modules: dict, states: dict[str, int], seed: int) -
     return out.detach().float() if isinstance(out, torch.Tensor) else None
 
 
-def describe(removal: GroupRemoval) -> Iterable[str]:
-    """Lines for a report: which readers get a folded constant."""
-    for r in removal.compensated:
-        yield f"{r.node}: constant from removed units folded into its bias"
-
-
-__all__ = ["CONST", "VAR", "ZERO", "GroupRemoval", "Reader", "describe", "removal_semantics"]
+__all__ = ["CONST", "VAR", "ZERO", "GroupRemoval", "Reader", "removal_semantics"]
