@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from .analysis import analyze
 from .api import Report, Result, compile
-from .errors import (FxpruneError, InputError, NonFiniteOutputError, OutputError, PassError, PickledFileError,
-                     PlanError, RewriteError, TraceError, UnsupportedOpError, UntrustedSourceError, ValidationError)
+from .errors import (DistributedError, FxpruneError, InputError, LossyCaptureError, NonFiniteOutputError,
+                     OutputError, PassError, PickledFileError, PlanError, RewriteError, TraceError,
+                     UnsupportedOpError, UntrustedSourceError, ValidationError)
 from .graph import ChannelGraph, Group, ParamSlice
 from .io import load, save
 from .mask import mask
@@ -22,7 +23,7 @@ from .version import __version__
 
 
 __all__ = [
-    "ChannelGraph", "FxpruneError", "Group", "InputError", "NonFiniteOutputError", "OutputError", "ParamSlice", "Pass", "PassError", "Pipeline",
+    "ChannelGraph", "DistributedError", "FxpruneError", "Group", "InputError", "LossyCaptureError", "NonFiniteOutputError", "OutputError", "ParamSlice", "Pass", "PassError", "Pipeline",
     "PickledFileError", "PlanError", "Report", "Result", "RewriteError", "TraceError", "UnsupportedOpError", "UntrustedSourceError", "ValidationError",
     "ValidationReport", "analyze", "compile", "load", "mask", "rewrite", "save", "trace", "validate",
     "Prepared", "TrainConfig", "prepare",

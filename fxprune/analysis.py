@@ -17,6 +17,7 @@ from torch import fx
 
 from . import rules as _rules  # noqa: F401  (registers the rule table)
 from .errors import InputError, UnsupportedOpError
+from .trace_guards import KEPT_WHOLE
 from .graph import ChannelGraph
 from .removal import removal_semantics
 from .rules.base import RULES
@@ -113,7 +114,7 @@ class Analyzer:
         touched = self.touched(node)
         if not touched:
             return
-        rule = RULES.lookup(node, self.modules)
+        rule = None if KEPT_WHOLE in node.meta else RULES.lookup(node, self.modules)
         if rule is None:
             self.refuse(node, touched)
             return
@@ -125,14 +126,15 @@ class Analyzer:
 
     def refuse(self, node: fx.Node, touched: list[SpaceKey]) -> None:
         what = describe_target(node, self.modules)
+        why = node.meta.get(KEPT_WHOLE) or f"no channel rule for {what}"
         if self.strict:
             raise UnsupportedOpError(
-                f"no channel rule for {what} at node {node.format_node()}"
+                f"{why} at node {node.format_node()}"
                 f"{source_hint(node)}; run with strict=False to treat it as a barrier"
             )
         self.unsupported[node.name] = what
         for s in touched:
-            self.add_barrier(s, f"{node.name}: no channel rule for {what}")
+            self.add_barrier(s, f"{node.name}: {why}")
 
     def run(self) -> ChannelGraph:
         for node in self.gm.graph.nodes:
@@ -169,7 +171,16 @@ def describe_target(node: fx.Node, modules: dict) -> str:
     if node.op == "call_method":
         return f"method Tensor.{node.target}"
     target = node.target
+    if isinstance(target, torch._ops.OpOverload):  # an ATen op of a torch.export capture: say where
+        return f"ATen op {target} in module {module_path(node)}"
     return f"function {getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', str(target))}"
+
+
+def module_path(node: fx.Node) -> str:
+    """The innermost module a node of a torch.export capture ran in (``nn_module_stack``), or ``<root>``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = next(reversed(stack.values()), ("", None))[0] if stack else ""
+    return path or "<root>"
 
 
 def source_hint(node: fx.Node) -> str:
@@ -180,16 +191,18 @@ def source_hint(node: fx.Node) -> str:
     return f" (source: {lines[-2]} {lines[-1]})" if len(lines) >= 2 else ""
 
 
-def analyze(model_or_gm: torch.nn.Module, example_inputs: Any = None, *, strict: bool = False) -> ChannelGraph:
-    """Find every set of coupled channels of a model (traced here) or a traced GraphModule."""
-    gm = ensure_traced(model_or_gm, example_inputs)
+def analyze(model_or_gm: torch.nn.Module, example_inputs: Any = None, *, strict: bool = False,
+            capture: str = "auto") -> ChannelGraph:
+    """Find every set of coupled channels of a model (traced here with front end ``capture``,
+    see ``fxprune.trace``) or a traced GraphModule."""
+    gm = ensure_traced(model_or_gm, example_inputs, capture)
     return Analyzer(gm, strict).run()
 
 
-def ensure_traced(model_or_gm: torch.nn.Module, example_inputs: Any) -> fx.GraphModule:
+def ensure_traced(model_or_gm: torch.nn.Module, example_inputs: Any, capture: str = "auto") -> fx.GraphModule:
     """Reuse a GraphModule fxprune traced (shapes present), otherwise trace a copy."""
     if isinstance(model_or_gm, fx.GraphModule) and state_of(model_or_gm) is not None and example_inputs is None:
         return model_or_gm
     if example_inputs is None:
         raise InputError("example_inputs are required unless the model was traced by fxprune.trace")
-    return trace(model_or_gm, example_inputs)
+    return trace(model_or_gm, example_inputs, capture=capture)

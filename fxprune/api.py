@@ -12,6 +12,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassResult
 
+from .modes import modes_of, restore_modes
 from .errors import InputError
 from .io import model_source
 from .pipeline import Pipeline
@@ -29,8 +30,12 @@ __all__ = ["GroupReport", "Report", "Result", "compile", "compile_trained", "met
 
 def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity: float = 0.5, *,
             validate: bool = True, rtol: float = 1e-4, strict: bool = False, leaf_modules=(),
-            concrete_args: dict | None = None, callback=None, compensate: bool = True, **options: Any) -> Result:
+            concrete_args: dict | None = None, callback=None, compensate: bool = True, capture: str = "auto",
+            **options: Any) -> Result:
     """Prune ``model`` with ``method`` and return the smaller, validated GraphModule.
+
+    ``capture`` picks the front end (``fxprune.trace``): ``"auto"`` (torch.fx, then
+    torch.export where fx fails), ``"fx"`` or ``"export"``; the report says which ran and why.
 
     ``options`` go to the method (``scope``, ``round_to``, ``ignore``, ``data``,
     ``loss_fn``, ``seed`` ...). The user's model is not modified and keeps its mode;
@@ -42,14 +47,14 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
     if method in trained_methods():  # prepare -> train -> finalize -> fine-tune -> validate
         return compile_trained(model, example_inputs, method, {"sparsity": sparsity, **options}, validate=validate,
                                rtol=rtol, strict=strict, leaf_modules=leaf_modules,
-                               concrete_args=concrete_args, callback=callback)
+                               concrete_args=concrete_args, callback=callback, capture=capture)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     split_inputs(example_inputs)
     chosen = method_pass(method, {"sparsity": sparsity, **options})
-    was_training = model.training
+    modes = modes_of(model)
     start = time.perf_counter()
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, concrete_args=concrete_args, capture=capture)
     state_of(gm).timings["trace"] = time.perf_counter() - start
     inputs = state_of(gm).example_inputs  # in forward's order, as the GraphModule takes them
     before = _cost(gm, inputs)
@@ -58,17 +63,23 @@ def compile(model: nn.Module, example_inputs: Any, method: str = "l1", sparsity:
     out = Pipeline(passes, callback=callback)(gm).graph_module
     state = state_of(out)
     after = _cost(out, inputs)
-    out.train(was_training)
+    restore_modes(out, modes)
     report = Report(before[0], after[0], before[1], after[1],
                     groups=[GroupReport(g.id, g.units, len(state.plan.get(g.id, range(g.units))))
                             for g in state.channel_graph.prunable_groups],
                     seconds=dict(state.timings),
                     validation=str(state.validation) if state.validation is not None else None,
                     compensate=compensate)
+    report.details["front_end"] = front_end_of(state.notes)
     if not state.channel_graph.prunable_groups:
         report.warnings.append("nothing is prunable in this model: returned unchanged; see fxprune.analyze")
     return Result(out, state.plan, report, state.channel_graph, model_source(model),
                   [tuple(x.shape) for x in inputs])
+
+
+def front_end_of(notes: list[str]) -> str | None:
+    """The ``front end: ...`` note ``fxprune.trace`` leaves (None when absent)."""
+    return next((n for n in notes if n.startswith("front end:")), None)
 
 
 def _cost(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:
@@ -77,14 +88,14 @@ def _cost(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> tuple[int, in
 
 def compile_trained(model: nn.Module, example_inputs: Any, method: str, options: dict[str, Any], *,
                     validate: bool = True, rtol: float = 1e-4, strict: bool = False, leaf_modules=(),
-                    concrete_args: dict | None = None, callback=None) -> Any:
+                    concrete_args: dict | None = None, callback=None, capture: str = "auto") -> Any:
     """``fxprune.compile`` for a training-time method (see module doc); returns a Result."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     split_inputs(example_inputs)
     opts = method_pass(method, options)
     config = opts.train_config()
-    prepared = _prepare(model, example_inputs, method, opts, strict, leaf_modules, concrete_args)
+    prepared = _prepare(model, example_inputs, method, opts, strict, leaf_modules, concrete_args, capture)
     inputs = prepared.example_inputs  # in forward's order, as the GraphModule takes them
     _notify(callback, "analyze", prepared.graph.gm, prepared.timings["analyze"])
     prepared.fit(config)
@@ -107,7 +118,7 @@ def compile_trained(model: nn.Module, example_inputs: Any, method: str, options:
     state = state_of(result.module)
     state.channel_graph = prepared.graph
     state.timings = dict(report.seconds)
-    result.module.train(model.training)
+    restore_modes(result.module, modes_of(model))
     return result
 
 

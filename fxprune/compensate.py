@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .modes import eval_mode
+from .tensors import set_tensor
 from .errors import RewriteError
 from .removal import Reader
 from .rules.base import arg, set_arg
@@ -105,15 +107,27 @@ def _readers(rw: Any) -> list[tuple[str, Reader]]:
 
 
 def _zero_removed_produce(rw: Any) -> None:
-    """Zero the produce slices of every removed unit in ``rw.gm`` (they are sliced away next)."""
+    """Zero the produce slices of every removed unit in ``rw.gm`` (they are sliced away next). The
+    tensors are replaced by zeroed copies: ``rw.gm`` shares its tensors with the analysed model."""
     tensors = dict(rw.gm.named_parameters(remove_duplicate=False)) | dict(rw.gm.named_buffers(remove_duplicate=False))
+    zeroed: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for gid, kept in rw.plan.items():
             group = rw.graph.group(gid)
             removed = sorted(set(range(group.units)) - set(kept))
             for s in group.slices(removed) if removed else ():
                 if s.role == "produce" and s.name in tensors:
-                    tensors[s.name].index_fill_(s.dim, s.index.to(tensors[s.name].device), 0.0)
+                    t = tensors[s.name]
+                    zeroed[id(t)] = zeroed.get(id(t), t.detach()).index_fill(s.dim, s.index.to(t.device), 0.0)
+    placed: dict[int, torch.Tensor] = {}
+    for owner in rw.gm.modules():  # every alias of a tensor gets its one zeroed copy
+        for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
+            if t is None or id(t) not in zeroed:
+                continue
+            if id(t) in placed:
+                set_tensor(owner, attr, t, placed[id(t)], share=True)
+            else:
+                placed[id(t)] = set_tensor(owner, attr, t, zeroed[id(t)])
 
 
 class _Capture(fx.Interpreter):
@@ -144,14 +158,9 @@ def _removed_values(rw: Any, readers: list[Reader]) -> dict[str, torch.Tensor]:
         size = operand.meta["tensor_meta"].shape[dim]
         removed = np.setdiff1d(np.arange(size), kept if kept is not None else np.arange(size))
         wanted.setdefault(r.operand, []).append((r.node, dim, removed))
-    was_training = rw.gm.training
-    rw.gm.eval()
-    try:
+    with eval_mode(rw.gm), torch.no_grad():
         capture = _Capture(rw.gm, wanted)
-        with torch.no_grad():
-            capture.run(*state_of(rw.graph.gm).example_inputs)
-    finally:
-        rw.gm.train(was_training)
+        capture.run(*state_of(rw.graph.gm).example_inputs)
     return capture.values
 
 

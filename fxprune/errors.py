@@ -15,6 +15,11 @@ class TraceError(FxpruneError):
     """The model could not be traced to a torch.fx graph."""
 
 
+class LossyCaptureError(TraceError):
+    """Capturing the model would silently lose part of what it computes (a custom autograd
+    Function's backward): no front end is tried after this one; the message says what to change."""
+
+
 class InputError(FxpruneError, ValueError):
     """The user's example inputs or options do not fit the model or the API (only ever those:
     a failure of fxprune's own steps on inputs that fit is another error, e.g. RewriteError)."""
@@ -83,3 +88,9 @@ class NonFiniteOutputError(ValidationError):
     def __init__(self, message: str, where: str = ""):
         super().__init__(message)
         self.where = where
+
+
+class DistributedError(FxpruneError):
+    """Under ``torch.distributed``: the ranks disagree (model, options, plan) or a rank's
+    share of the data is empty or failed; raised on every rank, never a hang
+    (``fxprune.distributed``)."""

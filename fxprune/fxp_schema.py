@@ -256,6 +256,16 @@ def check_bool(value: Any, field: str) -> bool:
     return value
 
 
+CAPTURES = ("fx", "export")
+
+
+def check_capture(value: Any) -> str:
+    """The front end that captured the model (``"fx"`` or ``"export"``; absent in older files: fx)."""
+    if value not in CAPTURES:
+        raise FieldProblem("capture", f"must be one of {', '.join(map(repr, CAPTURES))}, got {value!r:.40}")
+    return value
+
+
 def check_sha256(value: Any, field: str = "weights_sha256") -> str:
     """64 lower-case hex digits."""
     if not isinstance(value, str):
@@ -293,6 +303,7 @@ FIELDS: tuple[Field, ...] = (
     Field("weights_sha256", check_sha256, since=2),
     Field("onnx", check_onnx, required=False, since=2),
     Field("compensate", lambda value: check_bool(value, "compensate"), required=False),
+    Field("capture", check_capture, required=False),
 )
 
 

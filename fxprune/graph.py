@@ -159,7 +159,9 @@ class ChannelGraph:
         space_of_element = np.repeat(np.arange(len(keys)), sizes)
         keep = has_param[self.labels]
         pairs = np.sort(self.labels[keep] * len(keys) + space_of_element[keep])
-        pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if pairs.size else pairs
+        if not pairs.size:  # no unit holds a parameter (a model without weights)
+            return []
+        pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
         pair_label, pair_space = pairs // len(keys), pairs % len(keys)
         starts = np.flatnonzero(np.r_[True, pair_label[1:] != pair_label[:-1]])
         bounds = np.r_[starts, pairs.size]

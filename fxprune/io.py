@@ -133,7 +133,7 @@ def save(result: Any, path: str | os.PathLike, *, model_name: str | None = None,
     if (onnx_sha256 is None) != (onnx_file is None):
         raise InputError("onnx_sha256 and onnx_file go together; pass both or neither")
     source = result.source if model_name is None else model_source(None, model_name, model_kwargs)
-    state_dict = {k: v.detach().clone() for k, v in result.module.state_dict().items()}
+    state_dict = {k: v.detach().cpu().clone() for k, v in result.module.state_dict().items()}  # loads anywhere
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -146,6 +146,7 @@ def save(result: Any, path: str | os.PathLike, *, model_name: str | None = None,
         "weights_sha256": weights_sha256(state_dict),
         "onnx": None if onnx_file is None else {"file": Path(onnx_file).name, "sha256": onnx_sha256},
         "compensate": bool(getattr(result.report, "compensate", True)),
+        "capture": _capture_of(result),
     }
     try:
         check_fields(payload)
@@ -253,6 +254,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, trust_sourc
     return rebuild(payload, original, str(path))
 
 
+def _capture_of(result: Any) -> str:
+    """The front end that captured ``result``'s model (the report's ``front end:`` line)."""
+    front_end = (getattr(result.report, "details", None) or {}).get("front_end") or ""
+    return "export" if front_end.startswith("front end: torch.export") else "fx"
+
+
 def rebuild(payload: dict[str, Any], original: nn.Module, where: str) -> fx.GraphModule:
     """Analyse (a copy of) ``original`` on the recorded input shapes, replay the plan and load the
     weights of a checked ``payload``; ``original`` itself is not changed."""
@@ -262,7 +269,7 @@ def rebuild(payload: dict[str, Any], original: nn.Module, where: str) -> fx.Grap
     inputs = tuple(torch.zeros(shape) for shape in payload["input_shapes"])
     try:
         with eval_mode(original):
-            graph = analyze(original, inputs)  # traces a private copy
+            graph = analyze(original, inputs, capture=payload.get("capture", "fx"))  # traces a private copy
     except InputError as exc:
         shapes = payload["input_shapes"]
         raise InputError(f"{where}: field 'input_shapes' {shapes} does not fit the model: "

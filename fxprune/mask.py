@@ -66,10 +66,11 @@ def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequenc
     if weights is not None:
         gm.load_state_dict(weights)
     nodes = {n.name: n for n in gm.graph.nodes}
+    device = _device_of(gm)
     gates = nn.ModuleDict()
     for gid, kept in plan.items():
         group = graph.group(gid)
-        values = torch.zeros(group.units)
+        values = torch.zeros(group.units, device=device)
         values[list(kept)] = 1.0
         group_gate = GroupGate(values, learnable)
         gates[gate_key(gid)] = group_gate
@@ -79,7 +80,7 @@ def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequenc
                 continue
             ndim = len(node.meta["tensor_meta"].shape)
             unit = group.unit_index(key)
-            index = torch.from_numpy(np.where(unit < 0, group.units, unit))
+            index = torch.from_numpy(np.where(unit < 0, group.units, unit)).to(device)
             _insert_gate(gm, node, Gate(group_gate, index, key[3], ndim), f"fxprune_gate_{len(gates)}_{key[1]}_{key[3]}")
         if not learnable:  # also silences units computed inside leaf ops (attention heads)
             _zero_removed_produce(gm, group, kept)
@@ -107,6 +108,12 @@ def gate_key(gid: str) -> str:
     return gid.replace(".", "_").replace("#", "_")
 
 
+def _device_of(gm: nn.Module) -> torch.device:
+    """Where ``gm``'s tensors live (the CPU for a module without any)."""
+    tensor = next(iter([*gm.parameters(), *gm.buffers()]), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def _zero_removed_produce(gm: fx.GraphModule, group: Group, kept: Sequence[int]) -> None:
     removed = sorted(set(range(group.units)) - set(kept))
     if not removed:
@@ -114,8 +121,8 @@ def _zero_removed_produce(gm: fx.GraphModule, group: Group, kept: Sequence[int])
     with torch.no_grad():
         for s in group.slices(removed):
             if s.role == "produce":
-                gm.get_parameter(s.name).index_fill_(s.dim, s.index, 0.0) if _is_param(gm, s.name) else \
-                    gm.get_buffer(s.name).index_fill_(s.dim, s.index, 0.0)
+                t = gm.get_parameter(s.name) if _is_param(gm, s.name) else gm.get_buffer(s.name)
+                t.index_fill_(s.dim, s.index.to(t.device), 0.0)
 
 
 def _is_param(gm: nn.Module, name: str) -> bool:

@@ -65,10 +65,10 @@ class PrunedMultiheadAttention(nn.Module):
 
 def _additive_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None, scores: Tensor,
                    is_causal: bool) -> Tensor:
-    mask = torch.zeros((), dtype=scores.dtype)
+    mask = torch.zeros((), dtype=scores.dtype, device=scores.device)
     if is_causal and attn_mask is None:
         n, s = scores.shape[-2], scores.shape[-1]
-        attn_mask = torch.ones(n, s, dtype=torch.bool).triu(1)
+        attn_mask = torch.ones(n, s, dtype=torch.bool, device=scores.device).triu(1)
     if attn_mask is not None:
         mask = mask + _as_additive(attn_mask, scores.dtype)
     if key_padding_mask is not None:
@@ -78,7 +78,7 @@ def _additive_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None, sc
 
 def _as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype).masked_fill(mask, float("-inf"))
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
     return mask.to(dtype)
 
 

@@ -49,7 +49,7 @@ def method_pass(method: str, options: dict[str, Any]):
 
 
 def prepare(model: nn.Module, example_inputs: Any, method: str = "itpcc", *, strict: bool = False,
-            leaf_modules=(), concrete_args: dict | None = None, **options: Any) -> Prepared:
+            leaf_modules=(), concrete_args: dict | None = None, capture: str = "auto", **options: Any) -> Prepared:
     """Trace and analyse a copy of ``model`` and insert ``method``'s gates (see module doc)."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -58,15 +58,15 @@ def prepare(model: nn.Module, example_inputs: Any, method: str = "itpcc", *, str
         raise InputError(f"prepare() takes a training-time method ({', '.join(sorted(methods))}), got {method!r}; "
                          f"use fxprune.compile for the others")
     opts = method_pass(method, options)
-    return _prepare(model, example_inputs, method, opts, strict, leaf_modules, concrete_args)
+    return _prepare(model, example_inputs, method, opts, strict, leaf_modules, concrete_args, capture)
 
 
 def _prepare(model: nn.Module, inputs: Any, method: str, opts: Any, strict: bool, leaf_modules,
-             concrete_args: dict | None) -> Prepared:
+             concrete_args: dict | None, capture: str = "auto") -> Prepared:
     from .analysis import Analyzer
 
     start = time.perf_counter()
-    gm = trace(model, inputs, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    gm = trace(model, inputs, leaf_modules=leaf_modules, concrete_args=concrete_args, capture=capture)
     traced = time.perf_counter()
     graph = Analyzer(gm, strict).run()
     state_of(gm).channel_graph = graph

@@ -13,6 +13,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import fx
 
+from .modes import modes_of
 from .errors import InputError
 from .state import state_of
 from .training import TrainConfig
@@ -45,6 +46,7 @@ class Prepared:
         self.options = options
         self.source = dict(source or {})
         self.was_training = was_training
+        self.user_modes = modes_of(graph.gm)  # each submodule's mode as the user had it (kept by trace)
         self.example_inputs: tuple[torch.Tensor, ...] = tuple(state_of(graph.gm).example_inputs)
         self.module: fx.GraphModule | None = None
         self.history: list[dict[str, Any]] = []

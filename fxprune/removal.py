@@ -450,6 +450,9 @@ def _evaluate(node: fx.Node, modules: dict, states: dict[str, int], seed: int) -
 
     args = fx.node.map_arg(node.args, stand_in)
     kwargs = fx.node.map_arg(node.kwargs, stand_in)
+    if node.op == "call_module":  # the module's own tensors decide where its stand-ins go
+        device = next((t.device for t in modules[node.target].parameters()), torch.device("cpu"))
+        args, kwargs = fx.node.map_aggregate((args, kwargs), lambda v: v.to(device) if torch.is_tensor(v) else v)
     try:
         with torch.no_grad():
             if node.op == "call_module":

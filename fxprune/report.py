@@ -8,14 +8,14 @@ counting, so the figure does not depend on which kernel torch picks.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .errors import InputError
 from .flops import attention_fast_path_off, flop_counter
+from .modes import eval_mode
 
 __all__ = [
     "Cost",
@@ -28,18 +28,6 @@ __all__ = [
 ]
 
 _UNITS = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put ``module`` (and all submodules) in eval mode; restore each flag on exit."""
-    saved = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, training in saved:
-            m.training = training
 
 
 def _as_tuple(example_inputs: object) -> tuple:

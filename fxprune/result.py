@@ -65,6 +65,8 @@ class Report:
         lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()))
         if self.validation:
             lines.append(self.validation)
+        if self.details.get("front_end"):
+            lines.append(self.details["front_end"])
         if self.details.get("summary"):
             lines.append(self.details["summary"])
         lines += [f"warning: {w}" for w in self.warnings]

@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from . import compensate as compensation
 from .errors import FxpruneError, PlanError
+from .tensors import copy_structure, own_tensors, set_tensor
 from .graph import ChannelGraph
 from .plan import check_plan
 from .rewrite_errors import rewrite_error
@@ -84,7 +85,20 @@ class Rewriter:
                     self.kept[key] = idx
         self.old_shapes = {n.name: tensor_meta_shapes(n) for n in graph.gm.graph.nodes}
         self.new_shapes = {n.name: self._predict(n) for n in graph.gm.graph.nodes}
-        self.gm: fx.GraphModule = _copy_graph_module(graph.gm)
+        self.gm: fx.GraphModule = copy_structure(graph.gm)  # tensors shared until sliced or owned
+        self.borrowed = {id(t) for t in [*self.gm.parameters(), *self.gm.buffers()]}
+
+    def adopt(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Use ``weights`` (by state_dict name; the user's tensors, never copied into or changed)."""
+        for name, tensor in weights.items():
+            owner_name, _, attr = name.rpartition(".")
+            owner = self.gm.get_submodule(owner_name) if owner_name else self.gm
+            old = getattr(owner, attr)
+            if old.shape != tensor.shape:
+                raise PlanError(f"{name}: the model's tensor has shape {tuple(tensor.shape)}, the analysed "
+                                f"one {tuple(old.shape)}")
+            set_tensor(owner, attr, old, tensor.detach())
+            self.borrowed.add(id(getattr(owner, attr)))
 
     def key_of(self, node: fx.Node, dim: int, out_index: int = -1) -> SpaceKey:
         if node.op == "get_attr":
@@ -108,6 +122,7 @@ class Rewriter:
     def run(self) -> fx.GraphModule:
         folds = compensation.prepare(self) if self.compensate else []
         sliced_owners = self._slice_parameters()
+        own_tensors(self.gm, self.borrowed)  # the rest is copied once, after slicing
         modules = dict(self.gm.named_modules())
         for node in list(self.gm.graph.nodes):
             rule = RULES.lookup(node, modules) if node.op.startswith("call_") else None
@@ -164,29 +179,16 @@ class Rewriter:
             owner = self.gm.get_submodule(owner_name) if owner_name else self.gm
             tensor = getattr(owner, attr)
             new = tensor.detach()
-            for dim, idx in cuts:
+            for dim, idx in cuts:  # index_select makes a new tensor: the slice is the only copy
                 new = new.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=new.device))
-            new = _set_tensor(owner, attr, tensor, new.clone())
+            new = set_tensor(owner, attr, tensor, new)
             owners.add(owner_name)
             for alias in names_of.get(qualname, ()):  # tied weights stay one tensor
                 alias_owner, _, alias_attr = alias.rpartition(".")
                 module = self.gm.get_submodule(alias_owner) if alias_owner else self.gm
-                _set_tensor(module, alias_attr, getattr(module, alias_attr), new, share=True)
+                set_tensor(module, alias_attr, getattr(module, alias_attr), new, share=True)
                 owners.add(alias_owner)
         return owners
-
-
-def _set_tensor(owner: nn.Module, attr: str, old: torch.Tensor, new: torch.Tensor,
-                share: bool = False) -> torch.Tensor:
-    """Put ``new`` (wrapped as a Parameter where ``old`` was one, unless ``share``) on ``owner``."""
-    if isinstance(old, nn.Parameter):
-        new = new if share and isinstance(new, nn.Parameter) else nn.Parameter(new, requires_grad=old.requires_grad)
-        setattr(owner, attr, new)
-    elif attr in owner._buffers:
-        owner._buffers[attr] = new
-    else:
-        setattr(owner, attr, new)
-    return new
 
 
 PURE_NUMBER_OPS = {getattr, operator.getitem, operator.add, operator.sub, operator.mul, operator.truediv,
@@ -321,7 +323,7 @@ def rewrite(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequ
     weights = adopt_weights(graph, model_or_gm)
     rw = Rewriter(graph, plan, compensate)
     if weights is not None:
-        rw.gm.load_state_dict(weights)
+        rw.adopt(weights)
     try:
         gm = rw.run()
     except FxpruneError:

@@ -2,8 +2,11 @@
 
 Needs: an ``nn.Module`` and example inputs (a tensor, a tuple of tensors, or a
 dict of tensors by argument name; see ``fxprune.inputs``). Guarantees: the
-returned GraphModule is a copy (the user's module is never touched, not even BN
-running stats during shape propagation); it takes the given tensors positionally,
+returned GraphModule is a copy of the modules whose parameters and buffers are
+views of the user's (no weight is copied: ``fxprune.trace_guards.private_copy``;
+fxprune never writes into them, not even BN running stats during shape
+propagation; deep-copy the GraphModule before training it yourself). Every
+submodule keeps its own train/eval mode. It takes the given tensors positionally,
 in ``forward``'s signature order (arguments not given are specialised to their
 defaults, ``concrete_args`` to their values, and neither is an input); every node
 that produces tensors has ``node.meta["tensor_meta"]`` (torch's ShapeProp format).
@@ -11,7 +14,6 @@ that produces tensors has ``node.meta["tensor_meta"]`` (torch's ShapeProp format
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import importlib.util
 import io
@@ -29,8 +31,12 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.nn.utils.stateless import _reparametrize_module
 
-from .errors import InputError, TraceError
+from .errors import InputError, LossyCaptureError, TraceError
 from .inputs import BoundInputs, bind_inputs
+from .modes import eval_mode
+from .tuple_values import expand_tuple_values
+from .trace_guards import (custom_function_calls, function_callers, hooked_modules, mark_kept_whole,
+                           parametrized_modules, private_copy, refuse_exported_functions)
 from .state import attach_state
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -100,25 +106,100 @@ def trace(
     *,
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
+    capture: str = "auto",
 ) -> fx.GraphModule:
-    """Trace ``model`` (a private copy of it) and propagate shapes of ``example_inputs``."""
+    """Trace ``model`` (a private copy of it) and propagate shapes of ``example_inputs``.
+
+    ``capture``: ``"fx"`` symbolic tracing, ``"export"`` ``torch.export`` (non-strict,
+    ``fxprune.capture_export``), ``"auto"`` fx, then export where fx raises TraceError.
+    The front end used and why is the first of the state's notes (``front end: ...``)."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if capture not in CAPTURES:
+        raise InputError(f"capture must be one of {', '.join(map(repr, CAPTURES))}, got {capture!r}")
     bound = bind_inputs(model, example_inputs, concrete_args)
-    model = copy.deepcopy(model)
-    if isinstance(model, fx.GraphModule) and not bound.specialised:
-        gm = model
+    model = private_copy(model)
+    kept: dict[str, str] = {}
+    from .capture_export import is_aten_graph
+
+    if isinstance(model, fx.GraphModule) and not bound.specialised and capture != "export" \
+            and not is_aten_graph(model):
+        gm, front_end = model, "front end: the given torch.fx GraphModule"
     else:
-        tracer = _Tracer(tuple(leaf_modules))
+        gm, kept, front_end = _capture(model, tuple(leaf_modules), bound, capture)
+    propagate_shapes(gm, bound.tensors)
+    expand_tuple_values(gm)
+    state = attach_state(gm, bound.tensors)
+    state.notes.append(front_end)
+    state.notes.extend(f"kept whole: {why}" for why in kept.values())
+    return gm
+
+
+CAPTURES = ("auto", "fx", "export")
+
+
+def _capture(model: nn.Module, leaf_modules: tuple, bound: BoundInputs,
+             capture: str) -> tuple[fx.GraphModule, dict, str]:
+    """(GraphModule, modules kept whole, ``front end: ... (why)``) by the front end ``capture`` asks for."""
+    from .capture_export import EXPORT_NOTE, capture_with_export, is_aten_graph
+
+    fx_error = None
+    if capture != "export" and is_aten_graph(model):
+        capture = "export"  # torch.export's ep.module(): fx would only see its ATen ops again
+    elif capture != "export":
         try:
-            graph = tracer.trace(model, concrete_args=bound.specialised or None)
+            gm, kept = _symbolic_trace(model, leaf_modules, bound)
+            _drop_specialised_placeholders(gm, bound)
+            return gm, kept, f"front end: torch.fx symbolic trace (capture={capture!r})"
+        except LossyCaptureError:
+            raise
+        except TraceError as failed:
+            if capture == "fx":
+                raise
+            fx_error = failed
+    try:
+        with custom_function_calls() as calls:
+            gm, left = capture_with_export(model, bound)
+        refuse_exported_functions(model, calls)
+    except LossyCaptureError:
+        raise
+    except TraceError as failed:
+        if fx_error is None:
+            raise
+        raise TraceError(f"{fx_error} Then torch.export failed too: {failed} Hint: give the model a wrapper "
+                         "whose forward takes and returns tensors only, keep the offending part out of it, or "
+                         "capture='fx' with leaf_modules=(...)") from failed
+    why = "an ATen graph (torch.export's ep.module()) is captured again" if is_aten_graph(model) \
+        else "capture='export'" if fx_error is None else f"torch.fx could not trace it: {_first_sentence(fx_error)}"
+    unmapped = f"; ATen ops without a rule (barriers): {', '.join(sorted(set(left)))}" if left else ""
+    return gm, {}, f"front end: torch.export ({why}); {EXPORT_NOTE}{unmapped}"
+
+
+def _first_sentence(error: Exception, limit: int = 240) -> str:
+    """The message of ``error`` before its hint, at most ``limit`` characters."""
+    text = str(error).split(" Hint:")[0].strip()
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _symbolic_trace(model: nn.Module, leaf_modules: tuple, bound: BoundInputs) -> tuple[fx.GraphModule, dict]:
+    """Trace ``model``, keeping whole (as leaves) the submodules whose tracing would lose something
+    (``fxprune.trace_guards``): parametrized ones, and, found while tracing, those that call a custom
+    autograd Function (traced again with them as leaves). Returns the GraphModule and ``{module: reason}``."""
+    kept = {**hooked_modules(model), **parametrized_modules(model)}
+    while True:
+        tracer = _Tracer(leaf_modules + tuple(kept))
+        try:
+            with custom_function_calls(tracer) as calls:
+                graph = tracer.trace(model, concrete_args=bound.specialised or None)
         except Exception as exc:  # torch.fx raises many types; all mean "untraceable"
             raise _trace_error(model, exc) from exc
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-        _drop_specialised_placeholders(gm, bound)
-    propagate_shapes(gm, bound.tensors)
-    attach_state(gm, bound.tensors)
-    return gm
+        callers = function_callers(model, calls)
+        if not callers.keys() - kept.keys():
+            break
+        kept.update(callers)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    mark_kept_whole(gm, kept)
+    return gm, kept
 
 
 def _drop_specialised_placeholders(gm: fx.GraphModule, bound: BoundInputs) -> None:
@@ -197,12 +278,8 @@ def try_propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -
     arithmetic and no copy); ops without meta kernels fall back to a real forward,
     then to fake tensors. The error names the node where the real forward failed.
     """
-    was_training = gm.training
-    gm.eval()  # shapes do not depend on the mode; eval keeps BN running stats untouched
-    try:
+    with eval_mode(gm):  # shapes do not depend on the mode; eval keeps BN running stats untouched
         _propagate_first_that_works(gm, inputs)
-    finally:
-        gm.train(was_training)
 
 
 def _check_input_count(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:

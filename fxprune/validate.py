@@ -18,6 +18,9 @@ torch does not is a mismatch.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import os
 import statistics
 import time
@@ -170,6 +173,30 @@ def batch_variant(args: tuple, positions: Sequence[int], size: int, seed: int = 
     return tuple(out)
 
 
+def _module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (CPU without any)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _on_device(args: tuple, device: torch.device) -> tuple:
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _on_cpu(module: torch.nn.Module, cases: list[_Case]) -> tuple[torch.nn.Module, list[_Case]]:
+    """``module`` and the cases' inputs on the CPU (a copy when the module is elsewhere; never moved in place)."""
+    if _module_device(module).type == "cpu":
+        return module, cases
+    try:
+        cpu_module = copy.deepcopy(module).cpu()
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be copied
+        raise ValidationError(f"cannot copy the model to the CPU for ONNX export: {describe(exc)}") from exc
+    return cpu_module, [_Case(_on_device(c.args, torch.device("cpu")), c.refs) for c in cases]
+
+
 def _plan(module: torch.nn.Module, first: _Case, dynamic_batch: bool) -> tuple[ExportSpec, list[_Case], str]:
     """The export spec and the cases to check: the example batch, plus one more batch size when the
     batch axis can be dynamic; else a fixed-shape spec and why (empty when none was asked for)."""
@@ -182,7 +209,8 @@ def _plan(module: torch.nn.Module, first: _Case, dynamic_batch: bool) -> tuple[E
     size = batch + 1
     args = batch_variant(first.args, positions, size)
     try:
-        second = _Case(args, _reference(module, args))
+        with contextlib.redirect_stderr(io.StringIO()):  # fx prints the failing line before raising
+            second = _Case(args, _reference(module, args))
     except Exception as exc:  # noqa: BLE001 - the model itself fixes its batch size
         return spec, [first], f"fixed shapes: the model does not run at batch {size} in torch ({describe(exc)})"
     if len(second.refs) != len(first.refs) or non_finite(second.refs):
@@ -201,6 +229,8 @@ def _session(onnx_bytes: bytes) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # a check runs a few batches: memory matters more than speed
+    options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
@@ -314,19 +344,20 @@ def validate(
     ``ok=False``), and when neither exporter works or onnxruntime cannot load/run the
     model. ``keep_onnx`` keeps the model bytes.
     """
-    args = _as_tuple(example_inputs)
+    args = _on_device(_as_tuple(example_inputs), _module_device(gm))  # torch runs where the model is
     try:
         first = _Case(args, _reference(gm, args))
     except Exception as exc:  # noqa: BLE001 - any failure of the model itself
         raise ValidationError(f"the model fails in torch on the example inputs: {describe(exc)}") from exc
     _require_finite(first.refs)
     spec, cases, note = _plan(gm, first, dynamic_batch)
+    export_gm, cases = _on_cpu(gm, cases)  # ONNX is exported from a CPU copy; refs stay as torch computed them
     checked = None
     if spec.dynamic:
-        checked, note = _check_dynamic(gm, spec, cases, rtol, atol)
+        checked, note = _check_dynamic(export_gm, spec, cases, rtol, atol)
     if checked is None:
         spec, cases = spec.fixed(), cases[:1]
-        checked = _check(gm, spec, cases)
+        checked = _check(export_gm, spec, cases)
     max_abs, max_rel, scale = checked.worst()
     tolerance = _tolerance(scale, rtol, atol)
     report = ValidationReport(

@@ -1,9 +1,12 @@
 """ActGrad / LayerActGrad: activation x gradient (Molchanov et al., ICLR 2017).
 
-A unit's score is ``|dL/dm_u|`` for a gate ``m_u = 1`` on every tensor of the
-unit, i.e. ``|sum of activation x gradient|`` over the unit's tensors,
-averaged over calibration batches and normalised to unit l2 norm within each
-group (the paper's "layerwise l2-normalisation"). ``actgrad`` ranks all units
+A unit's score is ``|dl_n/dm_u|`` for a gate ``m_u = 1`` on every tensor of the
+unit, i.e. ``|sum of activation x gradient|`` over the unit's tensors and positions
+for ONE sample ``n``, averaged over the calibration samples and normalised to unit
+l2 norm within each group (the paper's "activations x gradients, averaged over the
+training data, with layerwise l2-normalisation"; Molchanov et al. take the absolute
+value per example). ``saliency="per_batch"`` keeps the earlier score: ``|dL/dm_u|`` of
+each batch's mean loss, averaged over batches (see fxprune.passes.taylor.gate_saliency). ``actgrad`` ranks all units
 of all groups together (a global budget); ``layer_actgrad`` keeps the best of
 each group under per-layer budgets.
 
@@ -16,34 +19,33 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from fxprune.passes.submodular.layerwise import LayerwiseContext, LayerwisePass
-from fxprune.mask import gate_key, mask
+
+from .taylor import check_saliency, gate_saliency
 
 
 def activation_gradient(ctx: LayerwiseContext, groups, desc: str) -> dict[str, np.ndarray]:
-    """Mean over batches of ``|dL/dgate|`` per unit, l2-normalised per group."""
-    gated = mask(ctx.original, ctx.graph, {g.id: list(range(g.units)) for g in groups}, learnable=True)
-    gated.eval()
-    gates = {gid: gate.values for gid, gate in gated.fxprune_gates.items()}
-    totals = {g.id: np.zeros(g.units) for g in groups}
-    loss_fn = ctx.loss_fn()
-    batches = ctx.calibration
-    for inputs, targets in tqdm(batches, desc=desc, disable=not ctx.method.progress, leave=False):
-        gated.zero_grad(set_to_none=True)
-        loss_fn(gated(*inputs), targets).backward()
-        for g in groups:
-            grad = gates[gate_key(g.id)].grad
-            if grad is not None:
-                totals[g.id] += grad.detach().abs().double().numpy() / len(batches)
+    """Per-unit activation x gradient (``ctx.method.saliency``) on the calibration data, l2-normalised per group."""
+    totals = gate_saliency(ctx.original, ctx.graph, groups, ctx.calibration, ctx.loss_fn(),
+                           saliency=ctx.method.saliency, per_batch=np.abs, mean=True,
+                           progress=ctx.method.progress, desc=desc, notes=ctx.notes)
     return {gid: s / max(np.linalg.norm(s), 1e-30) for gid, s in totals.items()}
 
 
 @dataclass(frozen=True)
-class ActGrad(LayerwisePass):
-    name: ClassVar[str] = "actgrad"
+class _ActGradBase(LayerwisePass):
+    saliency: str = "per_sample"  # or "per_batch" (the earlier score)
     needs_targets: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_saliency(self.saliency, self.name)
+        super().__post_init__()
+
+
+@dataclass(frozen=True)
+class ActGrad(_ActGradBase):
+    name: ClassVar[str] = "actgrad"
     ranks_globally: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -56,9 +58,8 @@ class ActGrad(LayerwisePass):
 
 
 @dataclass(frozen=True)
-class LayerActGrad(LayerwisePass):
+class LayerActGrad(_ActGradBase):
     name: ClassVar[str] = "layer_actgrad"
-    needs_targets: ClassVar[bool] = True
 
     def scores(self, ctx, groups):
         return activation_gradient(ctx, groups, self.name)

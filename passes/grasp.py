@@ -23,14 +23,15 @@ from tqdm.auto import tqdm
 
 from fxprune.errors import InputError
 from fxprune.mask import gate_key, mask
-from fxprune.passes.scoring import ScorePass
+from fxprune.passes.scoring import ScorePass, model_device, to_device, to_numpy
 
 from .taylor import _split_batch
 
 
 def grasp_scores(gm, graph, groups, data, loss_fn=None, max_batches=None, progress=False) -> dict[str, np.ndarray]:
     """``{group id: sum over batches of gate * (H g)_u}`` (higher = keep; eval mode, model unchanged)."""
-    gated = mask(gm, graph, {g.id: list(range(g.units)) for g in groups}, learnable=True)
+    device = model_device(gm)
+    gated = mask(gm, graph, {g.id: list(range(g.units)) for g in groups}, learnable=True).to(device)
     gated.eval()
     gates = [gated.fxprune_gates[gate_key(g.id)].values for g in groups]
     loss_fn = loss_fn or F.cross_entropy
@@ -39,7 +40,7 @@ def grasp_scores(gm, graph, groups, data, loss_fn=None, max_batches=None, progre
     for i, batch in enumerate(tqdm(data, desc="grasp", disable=not progress, leave=False)):
         if max_batches is not None and i >= max_batches:
             break
-        inputs, targets = _split_batch(batch)
+        inputs, targets = to_device(_split_batch(batch), device)
         loss = loss_fn(gated(*inputs), targets)
         grads = torch.autograd.grad(loss, gates, create_graph=True, allow_unused=True)
         z = sum((g * g.detach()).sum() for g in grads if g is not None)
@@ -49,7 +50,7 @@ def grasp_scores(gm, graph, groups, data, loss_fn=None, max_batches=None, progre
         hg = torch.autograd.grad(z, gates, allow_unused=True)
         for g, gate, h in zip(groups, gates, hg):
             if h is not None:
-                totals[g.id] += (gate.detach() * h).double().numpy()
+                totals[g.id] += to_numpy(gate.detach() * h)
         seen += 1
     if not seen:
         raise InputError("grasp: data yielded no batches")

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fxprune.passes.scoring import ScorePass, per_unit, reduce_except
+from fxprune.passes.scoring import ScorePass, per_unit, reduce_except, to_numpy
 
 
 def _magnitudes(params: dict, min_ndim: int):
@@ -24,7 +24,7 @@ def _magnitudes(params: dict, min_ndim: int):
         t = params.get(name)
         if t is None or t.dim() < min_ndim:
             return None, 0
-        return reduce_except(t.detach(), dim).double().numpy(), t.numel() // t.shape[dim]
+        return to_numpy(reduce_except(t.detach(), dim)), t.numel() // t.shape[dim]
 
     return magnitude
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fxprune.consumers import CONVS
+from fxprune.passes.scoring import model_device, to_numpy
 from fxprune.passes.submodular.layerwise import LayerwiseContext, LayerwisePass, consumer_inputs
 
 
@@ -28,30 +29,34 @@ def _unit_activity(x: torch.Tensor, module, units: np.ndarray, n_units: int) -> 
     """(examples, units): mean |activation| of each unit's channels/features at one reader."""
     a = x.abs().double()
     per_feature = a.flatten(2).mean(-1) if isinstance(module, CONVS) else a.reshape(a.shape[0], -1, a.shape[-1]).mean(1)
-    ok = torch.from_numpy(units >= 0)
-    index = torch.from_numpy(np.where(units >= 0, units, 0))[ok]
-    out = torch.zeros(a.shape[0], n_units, dtype=torch.float64)
+    ok, index = _unit_index(units, a.device)
+    out = torch.zeros(a.shape[0], n_units, dtype=torch.float64, device=a.device)
     count = torch.bincount(index, minlength=n_units).clamp(min=1).double()
     return out.index_add_(1, index, per_feature[:, ok]) / count
 
 
 def _weight_norms(module, units: np.ndarray, n_units: int) -> torch.Tensor:
     w = module.weight.detach().abs().double().transpose(0, 1).reshape(len(units), -1).sum(1)
-    ok = torch.from_numpy(units >= 0)
-    index = torch.from_numpy(np.where(units >= 0, units, 0))[ok]
-    return torch.zeros(n_units, dtype=torch.float64).index_add_(0, index, w[ok])
+    ok, index = _unit_index(units, w.device)
+    return torch.zeros(n_units, dtype=torch.float64, device=w.device).index_add_(0, index, w[ok])
+
+
+def _unit_index(units: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of the indices that belong to a unit, their unit numbers) on ``device``."""
+    ok = torch.from_numpy(units >= 0).to(device)
+    return ok, torch.from_numpy(np.where(units >= 0, units, 0)).to(device)[ok]
 
 
 def sensitivities(ctx: LayerwiseContext, group) -> np.ndarray:
     consumers = ctx.consumers[group.id].consumers
     modules = {c.module: ctx.original.get_submodule(c.module) for c in consumers}
-    best = torch.zeros(group.units, dtype=torch.float64)
+    best = torch.zeros(group.units, dtype=torch.float64, device=model_device(ctx.original))
     for seen in consumer_inputs(ctx.original, list(modules), ctx.calibration):
         z = sum(_unit_activity(seen[c.module], modules[c.module], c.units, group.units)
                 * _weight_norms(modules[c.module], c.units, group.units) for c in consumers)
         share = z / z.sum(1, keepdim=True).clamp(min=1e-30)
         best = torch.maximum(best, share.max(0).values)
-    return best.numpy()
+    return to_numpy(best)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Shared machinery of score-and-select methods (l1, random, taylor ...)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,6 +10,7 @@ import torch
 from torch import fx
 
 from fxprune.budget import Budget, select, selectable_groups
+from fxprune.distributed import agree
 from fxprune.errors import PlanError
 from fxprune.graph import ChannelGraph, Group
 from fxprune.pipeline import Pass, require_state
@@ -45,18 +47,21 @@ class ScorePass(Pass):
         groups = selectable_groups(graph, budget)
         scores = self.scores(gm, state, groups) if groups else {}
         state.plan = select(graph, scores, budget)
+        agree(json.dumps(state.plan, sort_keys=True, default=int), f"the plan of {self.name}",  # under torchrun
+              "its scores are not summed over the ranks: prune on one rank (fxprune.distributed.local_only)")
         return gm
 
 
-def per_unit(group: Group, values_by_slice) -> np.ndarray:
-    """Sum ``values_by_slice(param, dim) -> per-index vector`` over the group's produce weights.
+def per_unit(group: Group, values_by_slice, role: str = "produce") -> np.ndarray:
+    """Sum ``values_by_slice(param, dim) -> per-index vector`` over the group's ``role`` weights
+    (``"produce"``: the weights computing the units; ``"consume"``: the readers' weights for them).
 
     Returns the per-unit mean over the contributing elements (comparable across groups).
     """
     total = np.zeros(group.units)
     count = np.zeros(group.units)
     for key in group.param_spaces:
-        if key[0] != "p" or group._graph.roles[key] != "produce":
+        if key[0] != "p" or group._graph.roles[key] != role:
             continue
         vec, n_per_index = values_by_slice(key[1], key[2])
         if vec is None:
@@ -72,3 +77,29 @@ def reduce_except(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sum of |t| over every dim but ``dim``."""
     dims = [d for d in range(t.dim()) if d != dim]
     return t.abs().sum(dim=dims) if dims else t.abs()
+
+
+# --- devices ------------------------------------------------------------------------------
+def model_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); CPU for a module without tensors."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def to_device(obj, device: torch.device):
+    """``obj`` (a tensor, or tuples/lists/dicts of them) with every tensor on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy of ``t`` from any device."""
+    return t.detach().to(dtype=torch.float64).cpu().numpy()

@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 
 from fxprune.errors import InputError
 from fxprune.mask import gate_key, mask
-from fxprune.passes.scoring import ScorePass
+from fxprune.passes.scoring import ScorePass, model_device, to_device
 
 from .taylor import _split_batch, _unit_gradient
 
 
 def snip_scores(gm, graph, groups, data, loss_fn=None, max_batches=None, progress=False) -> dict[str, np.ndarray]:
     """``{group id: sum over batches of |dL/dgate_u|}`` (eval mode, model unchanged)."""
-    gated = mask(gm, graph, {g.id: list(range(g.units)) for g in groups}, learnable=True)
+    device = model_device(gm)
+    gated = mask(gm, graph, {g.id: list(range(g.units)) for g in groups}, learnable=True).to(device)
     gated.eval()
     gates = {gid: gate.values for gid, gate in gated.fxprune_gates.items()}
     loss_fn = loss_fn or F.cross_entropy
@@ -37,7 +38,7 @@ def snip_scores(gm, graph, groups, data, loss_fn=None, max_batches=None, progres
     for i, batch in enumerate(tqdm(data, desc="snip", disable=not progress, leave=False)):
         if max_batches is not None and i >= max_batches:
             break
-        inputs, targets = _split_batch(batch)
+        inputs, targets = to_device(_split_batch(batch), device)
         gated.zero_grad(set_to_none=True)
         loss_fn(gated(*inputs), targets).backward()
         for g in groups:

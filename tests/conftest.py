@@ -141,3 +141,36 @@ def load_tool(name: str):
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop(spec.name, None)
+
+
+# ---------------------------------------------------------------- device test mode
+
+TEST_DEVICE_ENV = "FXPRUNE_TEST_DEVICE"
+
+
+def device_available(device: torch.device) -> bool:
+    """Whether this machine has ``device`` (CPU always; CUDA/MPS/XPU ... through their backend)."""
+    if device.type == "cpu":
+        return True
+    backend = getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        return False
+    return device.index is None or not hasattr(backend, "device_count") or device.index < backend.device_count()
+
+
+@pytest.fixture(scope="session")
+def test_device() -> torch.device:
+    """The device the methods' device tests run on: ``FXPRUNE_TEST_DEVICE`` (default ``cpu``).
+
+    ``FXPRUNE_TEST_DEVICE=cuda pytest tests/test_device_agnostic.py`` runs them on the GPU; the
+    tests are skipped (not failed) where that device is absent, so the suite stays green on CPU."""
+    import os
+
+    name = os.environ.get(TEST_DEVICE_ENV, "cpu").strip() or "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        pytest.fail(f"{TEST_DEVICE_ENV}={name!r} is not a torch device (cpu, cuda, cuda:1 ...)")
+    if not device_available(device):
+        pytest.skip(f"{TEST_DEVICE_ENV}={name}: this machine has no such device")
+    return device

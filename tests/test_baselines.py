@@ -90,13 +90,13 @@ def test_seed_changes_random_choices(method, lenet, calib, fashion):
     assert plans[0] != plans[1] or plans[0] != plans[2]
 
 
-# ---------------------------------------------------------------- weightnorm == l1, random == before
+# ---------------------------------------------------------------- weightnorm(producing) == l1, random == before
 
 @pytest.mark.parametrize("model_name,sparsity", [("lenet", 0.5), ("resnet20", 0.3)])
 def test_layer_weightnorm_plan_is_l1_plan(model_name, sparsity, lenet, resnet):
     model = lenet if model_name == "lenet" else resnet
     x = torch.randn(1, 1, 28, 28)
-    wn = fxprune.compile(model, x, "layer_weightnorm", sparsity, validate=False, progress=False)
+    wn = fxprune.compile(model, x, "layer_weightnorm", sparsity, validate=False, progress=False, weights="producing")
     l1 = fxprune.compile(model, x, "l1", sparsity, validate=False)
     assert wn.plan == l1.plan
     for k, v in l1.module.state_dict().items():
@@ -144,9 +144,9 @@ def explicit_actgrad(model, data, module: str) -> np.ndarray:
     return s / np.linalg.norm(s)
 
 
-def test_actgrad_scores_are_normalised_activation_gradients(lenet, calib, fashion):
+def test_actgrad_per_batch_scores_are_normalised_activation_gradients(lenet, calib, fashion):
     x = fashion[0][:1]
-    ctx = context(lenet, x, ActGrad(data=calib, progress=False))
+    ctx = context(lenet, x, ActGrad(data=calib, progress=False, saliency="per_batch"))
     scores = ctx.cached_scores(ctx.method)
     assert set(scores) == {"conv1", "conv2", "fc1", "fc2"}
     for gid, s in scores.items():
@@ -155,9 +155,10 @@ def test_actgrad_scores_are_normalised_activation_gradients(lenet, calib, fashio
         assert np.linalg.norm(s) == pytest.approx(1.0, rel=1e-9)
         # every gated tensor of a group (conv, relu, pool, flatten) adds the same a*g: a constant factor
         np.testing.assert_allclose(s, explicit_actgrad(lenet, calib, gid), rtol=1e-4, atol=1e-6)
-    layer_ctx = context(lenet, x, LayerActGrad(data=calib, progress=False))
+    layer_ctx = context(lenet, x, LayerActGrad(data=calib, progress=False, saliency="per_batch"))
     assert all(np.array_equal(scores[g], v) for g, v in layer_ctx.cached_scores(layer_ctx.method).items())
-    res = fxprune.compile(lenet, x, "layer_actgrad", 0.5, data=calib, validate=False, progress=False)
+    res = fxprune.compile(lenet, x, "layer_actgrad", 0.5, data=calib, validate=False, progress=False,
+                          saliency="per_batch")
     assert res.plan == {g: top(s, s.size - s.size // 2) for g, s in scores.items()}
 
 
@@ -175,9 +176,10 @@ def test_greedy_fs_first_units_lower_the_loss_most(lenet, calib, fashion):
     first = min(range(6), key=lambda u: loss([u]))
     second = min((u for u in range(6) if u != first), key=lambda u: loss(sorted([first, u])))
     # 6 units, sparsity 0.84: int(5.04) = 5 removed, one kept
-    res = fxprune.compile(lenet, x, "layer_greedy_fs", 0.84, data=calib, groups=("conv1",), progress=False)
+    plain = dict(rescale=False, batches="first")  # the earlier behaviour; the reference: test_saliency_definitions
+    res = fxprune.compile(lenet, x, "layer_greedy_fs", 0.84, data=calib, groups=("conv1",), progress=False, **plain)
     assert res.plan == {"conv1": [first]}
-    ctx = context(lenet, x, LayerGreedyFS(data=calib, groups=("conv1",), progress=False))
+    ctx = context(lenet, x, LayerGreedyFS(data=calib, groups=("conv1",), progress=False, **plain))
     assert ctx.method.order(ctx, ctx.graph.group("conv1"), 2)[:2] == [first, second]
     assert sorted(ctx.method.order(ctx, ctx.graph.group("conv1"), 2)) == list(range(6))
 

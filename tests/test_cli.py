@@ -78,6 +78,15 @@ def test_groups_prints_the_channel_groups(scenario):
     assert "params: 11.69M" in out and "MACs: 148.56M" in out
 
 
+def test_groups_through_the_export_front_end_finds_the_same_groups(scenario):
+    d = scenario["dir"]
+    code, out, err = run(["groups", d / "r18.pt", "--model", "resnet18", "--input-shape", SHAPE, "--capture", "export"])
+    assert code == 0, err
+    assert "ChannelGraph: 14 groups, 12 prunable" in out
+    code, out, err = run(["groups", d / "r18.pt", "--model", "resnet18", "--input-shape", SHAPE, "--capture", "jit"])
+    assert code == 2 and "--capture" in err
+
+
 def test_prune_writes_both_files_and_prints_the_table(scenario):
     d, out = scenario["dir"], scenario["out"]
     assert files_under(d / "out") == ["x.fxp", "x.onnx"]  # no temporary files left

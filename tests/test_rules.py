@@ -102,3 +102,23 @@ def test_sdpa_and_einsum_are_exact_and_scale_is_kept():
     graph = fxprune.analyze(model, x)
     assert any(g.prunable for g in graph.groups if ("qkv.weight", 0, "produce") in g.members())
     check_equivalences(model, x)
+
+
+class FewChannelsFlatten(nn.Module):
+    """flatten of (C, 12, 12) with C = 4 < 12: the channel atom is not the largest of the region,
+    but the spatial ones are barriers already, so the channels stay prunable (pruned in steps,
+    a layer ends up with fewer channels than its spatial size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 5), nn.Linear(4 * 12 * 12, 10)
+
+    def forward(self, x):
+        return self.fc(torch.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+def test_flatten_keeps_few_channels_prunable():
+    x = torch.randn(2, 1, 28, 28)
+    graph = fxprune.analyze(FewChannelsFlatten(), x)
+    assert [g.units for g in graph.prunable_groups] == [4]
+    check_equivalences(FewChannelsFlatten(), x)

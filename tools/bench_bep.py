@@ -8,6 +8,7 @@ at inference-MACs budgets of ~91/96/99% pruned (the paper's Table 3 layout).
     python tools/bench_bep.py run --epochs 6 --methods bep_last --tag last- # ablation rows
     python tools/bench_bep.py trace --epochs 6 --methods bep --budgets 0.04 --lams 1e-4 --seeds 0
     python tools/bench_bep.py report                                         # table + plots
+    python tools/bench_bep.py sweep --out DIR --also DIR2                    # the lambda sweep
     python tools/bench_bep.py run --bundled --batch-size 8 --epochs 2 --budgets 0.2 --seeds 0 \\
         --out /tmp/bep_smoke && python tools/bench_bep.py report --out /tmp/bep_smoke     # smoke test
 
@@ -137,15 +138,14 @@ def run_one(args: argparse.Namespace, cfg: dict[str, Any], trace: bool = False) 
                          max_steps_per_epoch=args.max_steps)
     dense_macs = count_macs(fxprune.trace(model, (x,)), (x,)) / 2
     rec: dict[str, Any] = dict(cfg, model=args.model, epochs=args.epochs, train_images=len(train.dataset)
-                               if hasattr(train, "dataset") else sum(len(b[1]) for b in train))
+                               if hasattr(train, "dataset") else sum(len(b[1]) for b in train),
+                               options=bep_options(args) if method in BEP_METHODS else {}, commit=_commit())
     saved = None
     start = time.perf_counter()
     if method in BEP_METHODS:
         prepared = fxprune.prepare(model, x, method="bep", target_macs_ratio=budget, lam=cfg["lam"],
                                    lite=method == "bep_lite", predictor="last" if method == "bep_last" else "mogp",
-                                   step=args.step, seed_steps=args.seed_steps,
-                                   measure_every=args.measure_every, num_latents=args.num_latents,
-                                   progress=args.progress, seed=seed, measure_to_end=trace)
+                                   progress=args.progress, seed=seed, measure_to_end=trace, **bep_options(args))
         prepared.fit(config)
         net = prepared.finalize(validate=True).module
         dense = prepared.dense_flops
@@ -172,8 +172,28 @@ def run_one(args: argparse.Namespace, cfg: dict[str, Any], trace: bool = False) 
     return rec, saved
 
 
+def bep_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The BEP options this benchmark sets from its command line (recorded in every run)."""
+    return {"step": args.step, "seed_steps": args.seed_steps, "measure_every": args.measure_every,
+            "num_latents": args.num_latents, "instrument_samples": args.instrument_samples,
+            "gp_iters": args.gp_iters, "inducing": args.inducing, "samples": args.samples,
+            "penalty_time": args.penalty_time, "kernel": args.kernel}
+
+
 def _slim(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k in ("t", "units", "lambda_t", "train_flops_ratio", "final", "lite")}
+
+
+def _commit() -> str:
+    """The checked-out commit, with ``+dirty`` when the tree has uncommitted changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    return head + ("+dirty" if dirty.strip() else "")
 
 
 def load_runs(out: Path) -> list[dict[str, Any]]:
@@ -368,10 +388,48 @@ def plot_runs_units(runs: list[dict[str, Any]], path: Path) -> None:
     plot_units(panels, path, f"units per group over training ({100 * (1 - budget):.0f}% MACs pruned, seed {seed})")
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The lambda sweep: for every BEP run in ``--out`` and the ``--also`` folders, the units kept
+    after each decision and the training FLOPs, into ``tools/results/bep_lambda_sweep.{json,md}``."""
+    runs = [r for d in [args.out] + [a for a in args.also.split(",") if a] for r in load_runs(Path(d))
+            if r["method"] in ("bep", "bep_last")]
+    if not runs:
+        print(f"bench_bep: no BEP runs in {args.out}", file=sys.stderr)
+        return 2
+    rows = []
+    for r in sorted(runs, key=lambda r: (-r["macs_budget"], r["method"], r.get("options", {}).get("penalty_time", ""),
+                                         -(r["lam"] or 0), r["seed"])):
+        decisions = [e for e in r.get("log", []) if "lambda_t" in e or e.get("final")]
+        rows.append({"method": r["method"], "penalty_time": r.get("options", {}).get("penalty_time"), "lam": r["lam"],
+                     "seed": r["seed"], "budget": r["macs_budget"], "test_acc": r["test_acc"],
+                     "train_flops_ratio": r["train_flops_ratio"],
+                     "units": [(e["t"], sum(e["units"].values())) for e in decisions],
+                     "per_group": [(e["t"], e["units"]) for e in decisions], "command": r.get("command"),
+                     "commit": r.get("commit"), "options": r.get("options")})
+    stem = ROOT / "tools" / "results" / "bep_lambda_sweep"
+    atomic_write(stem.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(rows, indent=1, default=float)))
+    r0 = runs[0]
+    lines = ["# BEP: does lambda change what is kept and when?", "",
+             f"Scale: `{r0['model']}`, {r0['train_images']} training images, {r0['epochs']} epochs; BEP options "
+             f"{json.dumps(r0.get('options'))} (penalty_time as in the table); commit {r0.get('commit')}. Commands: "
+             + "; ".join(f"`{c}`" for c in sorted({r['command'] for r in rows if r['command']})), "",
+             "Units kept (all groups) after each decision `t: units`, the final cut at T last; training FLOPs / dense.", "",
+             "| MACs budget | method | T - t counted as | lambda | seed | units after each decision | train FLOPs | "
+             "test acc % |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        units = ", ".join(f"{t}: {n}" for t, n in r["units"])
+        lam = "-" if r["lam"] is None else f"{r['lam']:g}"
+        lines.append(f"| {r['budget']:g} | {r['method']} | {r['penalty_time']} | {lam} | {r['seed']} | {units} | "
+                     f"{r['train_flops_ratio']:.3f} | {100 * r['test_acc']:.2f} |")
+    atomic_write(stem.with_suffix(".md"), lambda p: Path(p).write_text("\n".join(lines) + "\n"))
+    print("\n".join(lines))
+    return 0
+
+
 # ----------------------------------------------------------------------------- cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["run", "trace", "report"])
+    ap.add_argument("command", choices=["run", "trace", "report", "sweep"])
     ap.add_argument("--model", default="bep_cnn")
     ap.add_argument("--budgets", default="0.09,0.04,0.01", help="inference MACs kept (0.09 = 91%% pruned)")
     ap.add_argument("--lams", default="1e-2,1e-4,1e-7")
@@ -384,15 +442,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--step", type=int, default=None, help="iterations between BEP decisions (default T/8)")
     ap.add_argument("--seed-steps", type=int, default=None, help="BEP's seed period T_0 (default: step)")
-    ap.add_argument("--measure-every", type=int, default=5)
-    ap.add_argument("--num-latents", type=int, default=4)
+    ap.add_argument("--measure-every", type=int, default=20)
+    ap.add_argument("--num-latents", type=int, default=None, help="Q per group (default: the paper's, conv 12 dense 4)")
+    ap.add_argument("--instrument-samples", type=int, default=512, help="saliency measurement subset")
+    ap.add_argument("--gp-iters", type=int, default=200, help="Adam steps of the MOGP's ELBO")
+    ap.add_argument("--inducing", type=int, default=60, help="inducing points per latent")
+    ap.add_argument("--samples", type=int, default=10000, help="Monte-Carlo samples of s_T")
+    ap.add_argument("--penalty-time", default="fraction", choices=["fraction", "iterations"])
+    ap.add_argument("--kernel", default="exponential+constant+drift")
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th configuration starting at i")
     ap.add_argument("--tag", default="", help="prefix of this run's file name, runs-TAG<i>of<n>.jsonl")
     ap.add_argument("--bundled", action="store_true", help="the 500 bundled images (offline smoke test)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--out", default="tools/results/bep")
+    ap.add_argument("--also", default="", help="sweep: more result folders, comma-separated")
     args = ap.parse_args(argv)
-    return {"run": cmd_run, "trace": cmd_trace, "report": cmd_report}[args.command](args)
+    return {"run": cmd_run, "trace": cmd_trace, "report": cmd_report, "sweep": cmd_sweep}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,26 @@ def _bench():
 
 
 def method_call(name: str) -> tuple[str, dict[str, Any]]:
-    """(fxprune method, options) for a benchmark method name (``asym`` -> submodular variant)."""
+    """(fxprune method, options) for a benchmark method name (``asym`` -> submodular variant).
+
+    A name may carry options after ``:``, joined by ``+``: ``actgrad:saliency=per_batch``,
+    ``layer_greedy_fs:rescale=false+batches=first`` (true/false become booleans)."""
+    name, _, extra = name.partition(":")
+    options: dict[str, Any] = {}
+    for pair in filter(None, extra.split("+")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"method option {pair!r} must be KEY=VALUE (e.g. actgrad:saliency=per_batch)")
+        options[key] = {"true": True, "false": False}.get(value.lower(), value)
     if name in VARIANTS:
-        return "submodular", {"variant": name}
-    return name, {}
+        return "submodular", {"variant": name, **options}
+    return name, options
+
+
+def _order(name: str) -> int:
+    """Table order: DEFAULT_METHODS' order by base method (options after ``:`` sort next to it)."""
+    base = name.partition(":")[0]
+    return DEFAULT_METHODS.index(base) if base in DEFAULT_METHODS else 99
 
 
 def label(name: str) -> str:
@@ -123,7 +139,7 @@ def accuracy_run(args: argparse.Namespace) -> dict[str, Any]:
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     mean_std = _bench().mean_std
     keys = sorted({(r["method"], r["reweight"], r["compression"]) for r in runs},
-                  key=lambda k: (DEFAULT_METHODS.index(k[0]) if k[0] in DEFAULT_METHODS else 99, not k[1], k[2]))
+                  key=lambda k: (_order(k[0]), k[0], not k[1], k[2]))
     out = []
     for method, rw, c in keys:
         sel = [r for r in runs if (r["method"], r["reweight"], r["compression"]) == (method, rw, c)]
@@ -158,7 +174,7 @@ def markdown(res: dict[str, Any]) -> str:
 def findings(summary: list[dict[str, Any]], comps: Sequence[float]) -> list[str]:
     """The paper's three claims checked on the table (numbers in each line)."""
     acc = {(s["method"], s["reweight"], s["compression"]): s["accuracy"] for s in summary}
-    methods = sorted({s["method"] for s in summary}, key=lambda m: DEFAULT_METHODS.index(m) if m in DEFAULT_METHODS else 99)
+    methods = sorted({s["method"] for s in summary}, key=lambda m: (_order(m), m))
     out = []
     for m in methods:
         diffs = [acc[(m, True, c)] - acc[(m, False, c)] for c in comps if (m, True, c) in acc and (m, False, c) in acc]
@@ -306,7 +322,7 @@ def check(args: argparse.Namespace) -> None:
     from fxprune.passes import METHODS
 
     if args.mode == "accuracy":
-        unknown = [m for m in args.methods if m not in VARIANTS and m not in METHODS]
+        unknown = [m for m in args.methods if m.partition(":")[0] not in VARIANTS and m.partition(":")[0] not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
         if any(c < 1 for c in args.compressions):
@@ -331,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "accuracy":
             res.update(accuracy_run(args))
             res.update(methods=args.methods, compressions=args.compressions, seeds=args.seeds,
+                       method_options={m: dict(zip(("method", "options"), method_call(m))) for m in args.methods},
                        scale=f"LeNet-5 (bundled checkpoint), {args.calibration} calibration images, "
                              f"{args.verification} verification images (Fashion-MNIST verify split) for the per-layer budgets, 10k test images, no fine-tuning")
             res["summary"] = summarize(res["runs"])

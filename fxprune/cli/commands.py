@@ -15,6 +15,7 @@ from .errors import PROG, CLIError, one_line
 from .named_models import build_named, check_model_name, cli_kwargs, label
 from .outputs import flatten, max_abs_error, run_onnx_file_batches
 from .prune import cmd_prune
+from .values import available_device
 
 __all__ = ["cmd_groups", "cmd_prune", "cmd_validate"]
 
@@ -25,12 +26,14 @@ def cmd_groups(args: argparse.Namespace, stage: list[str]) -> int:
     from fxprune.errors import UnsupportedOpError
     from fxprune.report import count_macs, count_params, human
 
+    device = available_device(getattr(args, "device", "cpu"))
     stage[0] = "loading the checkpoint"
     loaded = load_checkpoint(args.checkpoint, args)
-    inputs = example_inputs(loaded, args)
+    loaded.model.to(device)  # the model read from CHECKPOINT is ours to move
+    inputs = tuple(x.to(device) for x in example_inputs(loaded, args))
     stage[0] = "analysing the model"
     try:
-        graph = fxprune.analyze(loaded.model, inputs, strict=args.strict)
+        graph = fxprune.analyze(loaded.model, inputs, strict=args.strict, capture=args.capture)
     except UnsupportedOpError as exc:
         raise CLIError(f"{one_line(exc)}; drop --strict to treat such ops as barriers") from None
     params, macs = count_params(loaded.model), count_macs(loaded.model, inputs)
@@ -49,6 +52,7 @@ def cmd_validate(args: argparse.Namespace, stage: list[str]) -> int:
     from fxprune.validate import validate
 
     stage[0] = "checking the options"
+    device = available_device(getattr(args, "device", "cpu"))
     path = Path(args.file)
     if not path.exists():
         raise CLIError(f"no such file: {path}; check the FILE path")
@@ -67,7 +71,8 @@ def cmd_validate(args: argparse.Namespace, stage: list[str]) -> int:
     stage[0] = f"reloading {path} with fxprune.load"
     gm = _reload(path, original, trust_source=args.trust_source)
     gen = torch.Generator().manual_seed(args.seed)
-    inputs = tuple(torch.randn(tuple(s), generator=gen) for s in payload["input_shapes"])
+    gm.to(device)  # reloaded here: ours to move; ONNX is exported from a CPU copy
+    inputs = tuple(torch.randn(tuple(s), generator=gen).to(device) for s in payload["input_shapes"])
     params, macs = count_params(gm), count_macs(gm, inputs)
     name = label(payload["source"], gm) if args.model is None else args.model
     print(f"{path}: pruned {name}, input {shape_text(inputs)}, params {human(params)}, MACs {human(macs)}")

@@ -12,13 +12,15 @@ from typing import Any
 
 from .commands import cmd_groups, cmd_prune, cmd_validate
 from .errors import PROG, one_line
-from .values import float_in, int_at_least, key_value, names, parse_shape, positive_float
+from .values import device_name, float_in, int_at_least, key_value, names, parse_shape, positive_float
 
 CHECKPOINT_HELP = (
     "a state_dict saved with torch.save(model.state_dict()) (needs --model), a tools/train.py "
     "checkpoint, a .fxp file written by fxprune.save / 'fxprune-trace prune', or a pickled "
     "nn.Module saved with torch.save(model) (only with --no-weights-only: unpickling runs code "
     "from the file)")
+CAPTURE_HELP = ("front end: 'fx' (torch.fx symbolic tracing), 'export' (torch.export, non-strict; fixed to the "
+                "example shapes and eval mode) or 'auto' (fx, then export where fx cannot trace) (default: auto)")
 STRICT_HELP = "fail on ops without a channel rule instead of treating them as barriers"
 
 
@@ -122,6 +124,9 @@ def _run_options() -> argparse.ArgumentParser:
                       help="seed of the random example inputs and of --method random")
     opts.add_argument("--debug", action="store_true",
                       help="show Python warnings and re-raise errors with their traceback")
+    opts.add_argument("--device", type=device_name, default="cpu", metavar="DEVICE",
+                      help="torch device the model, the data and the torch side of validation run on "
+                           "(cpu, cuda, cuda:1 ...); ONNX is exported from CPU copies and files hold CPU tensors")
     return opts
 
 
@@ -150,6 +155,7 @@ def _add_groups(sub: argparse._SubParsersAction, parents: list) -> None:
                          "units, what is prunable and why not) and the model's parameters and MACs."))
     p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--capture", choices=("auto", "fx", "export"), default="auto", help=CAPTURE_HELP)
     p.set_defaults(func=cmd_groups)
 
 
@@ -169,6 +175,7 @@ def _add_prune(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("--rtol", type=positive_float, default=1e-4,
                    help="onnxruntime validation tolerance, relative to the largest output magnitude")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--capture", choices=("auto", "fx", "export"), default="auto", help=CAPTURE_HELP)
     p.add_argument("--no-compensate", dest="compensate", action="store_false", help=(
         "drop the constants removed units leave at the layers reading them (sigmoid(0), x + 1 ...) instead of "
         "folding them into those layers' biases; the pruned model then no longer equals the original with the "

@@ -28,6 +28,7 @@ from .checkpoints import Loaded, example_inputs, load_checkpoint, shape_text
 from .errors import CLIError, InternalError, describe, one_line, warn
 from .named_models import NAMED_KINDS
 from .outputs import PassDumper, check_output, flatten, max_abs_error, same_file, write_together
+from .values import available_device
 
 
 @dataclass
@@ -40,30 +41,45 @@ class Outputs:
 
 
 def cmd_prune(args: argparse.Namespace, stage: list[str]) -> int:
-    """Run ``prune``; ``stage[0]`` always says what is being done (for error messages)."""
+    """Run ``prune``; ``stage[0]`` always says what is being done (for error messages). Under
+    ``torchrun`` every rank prunes its share of ``--data``; rank 0 alone validates and writes."""
     import torch
+
+    from fxprune import distributed
 
     stage[0] = "checking the options"
     needs_data = _needs_data(args.method)
     where = _check_options(args, needs_data)
 
+    device = available_device(getattr(args, "device", "cpu"))
+    stage[0] = "joining the torchrun process group"
+    distributed.init_from_env(backend="nccl" if device.type == "cuda" else "gloo")  # no-op without torchrun
     stage[0] = "loading the checkpoint"
     loaded = load_checkpoint(args.checkpoint, args)
-    inputs = example_inputs(loaded, args)
+    loaded.model.to(device)  # the model read from CHECKPOINT is ours to move
+    inputs = tuple(x.to(device) for x in example_inputs(loaded, args))
     stage[0] = "running the model on the example inputs"
     _require_finite_outputs(loaded, inputs)
     options = method_options(args)
     if needs_data:
         stage[0] = "loading the calibration data"
-        options["data"] = load_data(args.data, args.calibration_size, tuple(inputs[0].shape))
+        options["data"] = distributed.shard(load_data(args.data, args.calibration_size, tuple(inputs[0].shape)))
 
     torch.manual_seed(args.seed)
     dumper = PassDumper(where.dump)
     stage[0] = "pruning"
     result = _compile(loaded, inputs, args, options, dumper)
+    if distributed.is_distributed():  # every rank holds the same result: rank 0 alone checks, writes, prints
+        main = distributed.is_main()
+        distributed.close()
+        if not main:
+            return 0
 
     stage[0] = "measuring the original model in onnxruntime"
     before = _validate_original(loaded, inputs, args)
+    loaded.model.cpu()  # files, ONNX export and latency from CPU tensors
+    result.module.cpu()
+    inputs = tuple(x.cpu() for x in inputs)
     latency, exported = _write_outputs(result, loaded, inputs, before, args, where, stage)
     _print_summary(result, loaded, inputs, before, latency, args, where, dumper, exported)
     return 0
@@ -148,7 +164,8 @@ def _compile(loaded: Loaded, inputs: tuple, args: argparse.Namespace, options: d
     try:
         return fxprune.compile(loaded.model, inputs, args.method, args.sparsity, validate=True,
                                rtol=args.rtol, strict=args.strict, callback=dumper,
-                               compensate=getattr(args, "compensate", True), **options)
+                               compensate=getattr(args, "compensate", True),
+                               capture=getattr(args, "capture", "auto"), **options)
     except UnsupportedOpError as exc:
         raise CLIError(f"{one_line(exc)}; drop --strict to treat such ops as barriers") from None
     except FxpruneError:

@@ -71,3 +71,33 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key.strip() or not key.strip().isidentifier():
         raise argparse.ArgumentTypeError(f"must be KEY=VALUE such as target_macs_ratio=0.5, got {text!r}")
     return key.strip(), value.strip()
+
+
+def device_name(text: str) -> str:
+    """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...), checked for syntax only
+    (``available_device`` checks that this machine has it)."""
+    import torch
+
+    try:
+        torch.device(text.strip())
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a torch device such as cpu, cuda or cuda:0, got {text!r}") from None
+    return text.strip()
+
+
+def available_device(text: str):
+    """``torch.device(text)`` when this machine has it; else a CLIError (exit code 2)."""
+    import torch
+
+    from .errors import CLIError
+
+    device = torch.device(text)
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    ok = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if ok and device.index is not None and hasattr(backend, "device_count"):
+        ok = device.index < backend.device_count()
+    if not ok:
+        raise CLIError(f"--device {text}: this machine has no such device; pass --device cpu")
+    return device

@@ -66,7 +66,7 @@ def _map_region(ctx, x, ins, outs, ri, rj, tag) -> None:
             ctx.barrier(space, "reshape regroups elements non-rectangularly")
         return
     atoms = [(hi // lo, lo) for lo, hi in zip(bounds, bounds[1:])]  # (size, stride)
-    size, lo = max(atoms, key=lambda a: (a[0], a[1]))
+    size, lo = max(atoms, key=lambda a: (_open(ctx, spaces, *a), a[0], a[1]))
     carrier = ctx.virtual(f"reshape{tag}", size)
     for space, stride, n in spaces:
         if stride <= lo and lo * size <= stride * n:
@@ -76,12 +76,23 @@ def _map_region(ctx, x, ins, outs, ri, rj, tag) -> None:
             ctx.barrier(space, "reshape: only its largest factor is prunable")
 
 
+def _open(ctx, spaces, size: int, lo: int) -> bool:
+    """Whether no space that carries the atom (``size`` elements of stride ``lo``) is a barrier
+    already (``flatten`` of (C, 5, 5) with C = 4: the spatial atoms are, the channel atom is not)."""
+    return not any(space in ctx.an.barriers for space, stride, n in spaces
+                   if stride <= lo and lo * size <= stride * n)
+
+
 @rule(methods=RESHAPE_METHODS, functions=RESHAPE_FUNCTIONS, modules=[nn.Flatten, nn.Unflatten],
       name="reshape", rewrite=lambda r: _rewrite_reshape(r))
 def reshape(ctx) -> None:
     x = ctx.node.args[0]
     ins, outs = ctx.shape(x), ctx.out_shape
     if ins is None or outs is None:
+        return
+    if _sizes_from_unknown_tuple(ctx.node, len(outs)):
+        for space in [*(ctx.space(x, d) for d in range(len(ins))), *(ctx.out(d) for d in range(len(outs)))]:
+            ctx.barrier(space, "its shape is one computed tuple fxprune cannot follow")
         return
     regions = _regions(ins, outs)
     if regions is None:
@@ -92,6 +103,16 @@ def reshape(ctx) -> None:
         other = ctx.node.args[1]
         for d in range(len(outs)):
             ctx.same(ctx.out(d), ctx.space(other, d))
+
+
+def _sizes_from_unknown_tuple(node: fx.Node, out_rank: int) -> bool:
+    """``view(x, t)`` with ``t`` one computed tuple (not a size read; ``fxprune.tuple_values`` made
+    the ones it understands explicit): its elements cannot be rewritten one by one."""
+    if node.target not in ("view", "reshape", torch.reshape):
+        return False
+    rest = node.args[1:]
+    return (len(rest) == 1 and isinstance(rest[0], fx.Node) and out_rank != 1
+            and not _reads_whole_shape(rest[0]))
 
 
 def _new_sizes(r, sizes, first_dim: int = 0) -> list:

@@ -104,12 +104,19 @@ def _item_of_shape(node: fx.Node) -> SizeRead | None:
         return None
     whole, index = node.args
     read = size_read(whole)
-    if read is None or read.number is not torch.Size or not isinstance(index, (int, slice)):
+    if read is None or read.number is not torch.Size or not _literal_index(index):
         return None
     dims = read.dims[index]
     if isinstance(index, int):
         return SizeRead(node, read.tensor, (dims,), lambda s: s[index])
     return SizeRead(node, read.tensor, tuple(dims), lambda s: torch.Size(s[index]))
+
+
+def _literal_index(index: Any) -> bool:
+    """An int, or a slice of ints (``s[:-1]``, not ``s[:x.dim() - 1]``)."""
+    if isinstance(index, slice):
+        return all(isinstance(v, (int, type(None))) for v in (index.start, index.stop, index.step))
+    return isinstance(index, int)
 
 
 def size_uses(read: SizeRead) -> list[SizeUse]:

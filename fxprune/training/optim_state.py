@@ -63,7 +63,7 @@ def sliced_optimizer_state(optimizer: torch.optim.Optimizer, old: nn.Module, new
                 entry = {}
                 for k, v in optimizer.state[p].items():
                     if isinstance(v, torch.Tensor) and v.shape == p.shape and v.dim() > 0:
-                        v = slice_like(v, cuts.get(name, []))
+                        v = slice_like(v, cuts.get(name, [])).to(q.device)  # sliced where it lives, kept with q
                         if v.shape != q.shape:
                             raise PlanError(f"bep: optimizer state {k} of {name} sliced to {tuple(v.shape)}, "
                                             f"parameter is {tuple(q.shape)}")

@@ -1,25 +1,29 @@
 """BEP: Bayesian Early Pruning during training (the ``bep`` method, issue #7).
 
 "Pruning During Training by Network Efficacy Modeling": while the network trains, the
-first-order Taylor saliency of every unit of every prunable group (App. A, eq. A1; a
-group spanning several layers sums over its members, App. G.2) is measured every
-``measure_every`` iterations on a fixed instrumentation subset (the first
-``instrument_batches`` batches, taken once) and averaged into buckets of
-``bucket_width`` iterations (App. G.1, ``fxprune.passes.bep.saliency_gp.bucket``). After a seed
-period ``T_0`` (``seed_steps``) and then every ``step`` iterations, one multi-output GP
-per group (``fxprune.passes.bep.saliency_gp.SaliencyGP``, warm-started from the previous step with
-``select_units``) predicts the saliency at the end of training ``T``, and
-``fxprune.passes.bep.decision.decide`` (Algorithm 2, dynamic penalty ``lambda_t``) chooses the
-units to keep. The model is then **rewritten physically** (``fxprune.rewrite``), so the
-rest of training runs on the smaller model; the optimizer's state (SGD momentum, Adam
-``exp_avg``/``exp_avg_sq``) is sliced in place to the kept rows. At ``T`` every group is
-cut to exactly its final budget ``B_s`` (by the latest bucket of measured saliency).
+first-order Taylor saliency of every unit of every prunable group (App. A, eq. A1:
+``|a . dL/da|`` per sample, averaged; a group spanning several layers sums over its
+members, App. G.2) is measured every ``measure_every`` iterations on a fixed
+instrumentation subset of ``instrument_samples`` samples (taken once, App. G.1;
+``fxprune.passes.bep.saliency``) and averaged into buckets of ``bucket_width`` iterations
+(``fxprune.passes.bep.saliency_gp.bucket``). After a seed period ``T_0`` (``seed_steps``)
+and then every ``step`` iterations, one multi-output GP per group
+(``fxprune.passes.bep.mogp.SaliencyMOGP``: Q latent GPs with zero prior mean and their own
+exponential kernels, linearly mixed, sparse variational as the paper; warm-started from
+the previous step with ``select_units``) predicts the saliency at the end of training
+``T``, and ``fxprune.passes.bep.decision.decide`` (Algorithm 2, dynamic penalty
+``lambda_t``) chooses the units to keep. The model is then **rewritten physically**
+(``fxprune.rewrite``), so the rest of training runs on the smaller model; the
+optimizer's state (SGD momentum, Adam ``exp_avg``/``exp_avg_sq``) is sliced in place to
+the kept rows. At ``T`` every group is cut to exactly its final budget ``B_s`` (by the
+latest bucket of measured saliency). Every decision records its forecast path (mean and
+sd of a new bucket from its last observation to ``T``) in ``predictions``: the Fig. 3
+coverage check reads the model the decision used.
 
-Saliency of unit ``u``: ``|dL/dgate_u|`` with a gate (=1) shared by all tensors of the
-unit (``fxprune.mask(..., learnable=True)``): ``dL/dgate_u = sum activation x gradient``
-over the unit's tensors, averaged over the instrumentation batches. (A1 takes the
-absolute value per sample and divides by the spatial size; per batch it is cheaper,
-and the spatial size is a constant within a group, so decisions are unchanged.)
+Saliency of unit ``u`` and sample ``n``: ``|dL_n/dg_nu|`` with a per-sample gate (=1)
+shared by all tensors of the unit (``fxprune.mask(..., learnable=True)`` made per
+sample): ``dL_n/dg_nu = sum activation x gradient`` over the unit's tensors. Data go to
+the model's device; the model is measured in eval mode.
 
 Decision units: the utility ``Delta`` (eq. 7) is compared with ``lambda_t (T - t)`` on
 saliency rescaled per group so that its largest clipping bound (App. G.3) is 10, the
@@ -28,6 +32,13 @@ loss, the data and the layer; the ranking and the greedy top-``B_s`` are unchang
 the scale, only the meaning of ``lam`` becomes model-independent. ``lambda_t`` follows
 eq. 13 at the candidate mask (``fxprune.passes.bep.decision``): ``lambda`` applies to the
 first unit the budget cannot pay for and the penalty rises to 1 at twice that count.
+``T - t`` in the penalty is a fraction of training (``penalty_time="fraction"``, the
+default): with the fixed budget ``B_{t,c}`` the first decision can afford exactly ``B_s``
+units, and counted in iterations the penalty of every lambda in the paper's range
+(1e-2..1e-7) times thousands of iterations exceeds any utility of normalised saliency, so
+every lambda cut straight to ``B_s`` (measured: ``tools/results/bep_lambda_sweep.md``);
+as a fraction, lambda trades the expected saliency lost against the share of training
+still to run, and the sweep changes what is kept and when (the paper's Table 3).
 
 Budgets: ``B_s`` per group from ``target_macs_ratio`` (one uniform keep fraction found
 by binary search with ``fxprune.cost.CostModel``), else ``units={gid: n}``, else
@@ -68,11 +79,13 @@ from fxprune.report import count_macs, count_params
 from fxprune.result import GroupReport, Report, Result
 from fxprune.rewrite import _copy_graph_module
 from fxprune.state import state_of
+from fxprune.modes import restore_modes
 from fxprune.training import Hook, TrainConfig, make_optimizer, train_loop
 from fxprune.validate import validate as onnx_validate
 
 from ..taylor import _split_batch
 from .options import BEP, PREDICTORS, final_counts
+from .saliency import inputs_for, take_subset
 from .saliency_gp import bucket
 from .steps import BEPSteps
 
@@ -110,6 +123,7 @@ class BEPPrepared(BEPSteps, Prepared):
         self.times: list[float] = []
         self.measurements: dict[str, list[np.ndarray]] = {gid: [] for gid in self.final}  # over original units, NaN dead
         self.gp_state: dict[str, dict] = {}
+        self._paths: dict[str, dict] = {}
         self.budget_compute: dict[str, float] = {}
         self.log: list[dict[str, Any]] = []
         self.predictions: list[dict[str, Any]] = []
@@ -123,7 +137,7 @@ class BEPPrepared(BEPSteps, Prepared):
         self._hook = None
         self._live: _Live | None = None
         batch = self.example_inputs[0].shape[0] if self.example_inputs and self.example_inputs[0].dim() else 1
-        self._per_sample = lambda m: count_macs(m, self.example_inputs) / max(batch, 1)
+        self._per_sample = lambda m: count_macs(m, inputs_for(m, self.example_inputs)) / max(batch, 1)
         self._dense_macs = self._per_sample(graph.gm)
         self._macs = self._dense_macs
         self._attach_counter()
@@ -141,7 +155,7 @@ class BEPPrepared(BEPSteps, Prepared):
         return {gid: len(a) for gid, a in self.alive.items()}
 
     def start(self, data: Iterable, total_steps: int) -> None:
-        """Take the instrumentation batches, check the schedule, BEP-LITE's GraSP cut; once."""
+        """Take the instrumentation subset, check the schedule, BEP-LITE's GraSP cut; once."""
         self.check_open("start")
         if self._started:
             return
@@ -158,12 +172,7 @@ class BEPPrepared(BEPSteps, Prepared):
         if self.seed_len // o.measure_every < 2:
             raise InputError(f"bep: the seed period ({self.seed_len} iterations) holds fewer than 2 saliency "
                              f"measurements (measure_every={o.measure_every})")
-        batches = []
-        for i, b in enumerate(data):
-            if i >= o.instrument_batches:
-                break
-            x, y = _split_batch(b)
-            batches.append((tuple(t.detach().clone() for t in x), y.detach().clone() if isinstance(y, torch.Tensor) else y))
+        batches = take_subset(data, o.instrument_samples, _split_batch)
         if not batches:
             raise InputError("bep: the data yielded no batches for the instrumentation subset")
         self.instrument = batches
@@ -255,9 +264,10 @@ class BEPPrepared(BEPSteps, Prepared):
         self._finalized = True
         pruned = self.module
         pruned.eval()
-        inputs = self.example_inputs
+        inputs = inputs_for(pruned, self.example_inputs)
         plan = {gid: [int(u) for u in a] for gid, a in self.alive.items() if len(a) < self.graph.group(gid).units}
-        report = Report(count_params(self.graph.gm), count_params(pruned), count_macs(self.graph.gm, inputs),
+        report = Report(count_params(self.graph.gm), count_params(pruned),
+                        count_macs(self.graph.gm, inputs_for(self.graph.gm, self.example_inputs)),
                         count_macs(pruned, inputs),
                         groups=[GroupReport(g.id, g.units, len(self.alive.get(g.id, range(g.units))))
                                 for g in self.graph.prunable_groups],
@@ -269,7 +279,7 @@ class BEPPrepared(BEPSteps, Prepared):
             report.seconds["validate"] = time.perf_counter() - start
             report.validation = str(state_of(pruned).validation)
         state_of(pruned).plan = plan
-        pruned.train(self.was_training)
+        restore_modes(pruned, self.user_modes)
         return Result(pruned, plan, report, self.graph, dict(self.source), [tuple(x.shape) for x in inputs])
 
     def trace(self) -> dict[str, Any]:
@@ -283,8 +293,11 @@ class BEPPrepared(BEPSteps, Prepared):
             if rows:
                 bt, Y = bucket(times, torch.from_numpy(np.stack(rows, 1)), float(self.bucket_len))
                 groups[gid] = {"times": bt.tolist(), "values": Y.tolist()}
+        first = {p["group"]: {k: p[k] for k in ("t", "units", "path")} for p in self.predictions
+                 if self.predictions and p["t"] == self.predictions[0]["t"] and p.get("path")}
         return {"T": self.T, "seed_steps": getattr(self, "seed_len", None), "step": getattr(self, "step_len", None),
                 "decisions": [e["t"] for e in self.log if "lambda_t" in e], "groups": groups,
+                "forecasts": first,
                 "final_units": dict(self.final), "initial_units": {g: self.graph.group(g).units for g in self.final},
                 "log": [dict(e) for e in self.log], "lam": self.options.lam, "lite": self.options.lite}
 

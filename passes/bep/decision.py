@@ -134,7 +134,8 @@ def _check(mean: Tensor, samples: Tensor, budget_final: int, t: float, T: float,
 
 
 def decide(mean: Tensor, samples: Tensor, *, budget_final: int, budget_compute: float, lam: float,
-           t: float, T: float, prev_kept: int | Tensor, clip: tuple[float, float] = E_CLIP) -> Tensor:
+           t: float, T: float, prev_kept: int | Tensor, clip: tuple[float, float] = E_CLIP,
+           penalty_horizon: float | None = None) -> Tensor:
     """One BEP pruning decision (Algorithm 2, lines 10-20, with the hard floor of Sec. 4.3).
 
     Needs: ``mean`` (U,) = ``mu_T|1:t``; ``samples`` (n, U) from ``p(s_T | s_1:t)`` in the
@@ -144,7 +145,9 @@ def decide(mean: Tensor, samples: Tensor, *, budget_final: int, budget_compute: 
     index); unit ``a`` is kept if ``||m_t||_0 < B_s`` (hard floor), else if
     ``B_{t,c} - (T - t)||m_t||_0 > 0`` (still affordable), else if ``Delta(a, m_t) >
     lambda_t (T - t)`` with ``lambda_t`` evaluated at the candidate ``||m_t v e_a||_0``;
-    the first unit failing all three ends the loop. ``Delta`` is in the units of
+    the first unit failing all three ends the loop. ``penalty_horizon`` replaces ``T - t``
+    in that penalty only (the pass gives ``(T - t) / T``, ``BEP.penalty_time``); the
+    affordability test always counts iterations. ``Delta`` is in the units of
     ``samples``: the pass feeds saliency normalised per group (``passes/bep.py``).
 
     Guarantees: a bool mask ``m_t`` (U,), ``m_t <= m_{t-1}``, with at least
@@ -152,6 +155,7 @@ def decide(mean: Tensor, samples: Tensor, *, budget_final: int, budget_compute: 
     """
     alive = _check(mean, samples, budget_final, t, T, prev_kept)
     horizon = T - t
+    scale = horizon if penalty_horizon is None else float(penalty_horizon)
     order = [int(a) for a in torch.argsort(-mean, stable=True) if alive[a]]
     keep = torch.zeros_like(alive)
     top: _TopK | None = None
@@ -162,7 +166,7 @@ def decide(mean: Tensor, samples: Tensor, *, budget_final: int, budget_compute: 
         if top is None:
             top = _TopK(samples, keep, budget_final)
         s = samples[:, a]
-        if top.utility(s) > penalty(lam, t, T, count + 1, budget_compute, clip) * horizon:
+        if top.utility(s) > penalty(lam, t, T, count + 1, budget_compute, clip) * scale:
             keep[a] = True
             top.add(s)
         else:

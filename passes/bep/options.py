@@ -19,9 +19,16 @@ from fxprune.graph import ChannelGraph
 from fxprune.pipeline import Pass
 from fxprune.training import TrainConfig, train_config_from
 
+#: the latent kernels of ``fxprune.passes.bep.mogp`` (kept here so that options load no gpytorch).
+KERNELS: tuple[str, ...] = ("exponential+constant+drift", "exponential+constant", "exponential")
+
 #: ``predictor`` values: the multi-output GP of the paper, or (an ablation) the latest
 #: bucket of measured saliency taken as the final one, with no uncertainty.
 PREDICTORS: tuple[str, ...] = ("mogp", "last")
+#: ``penalty_time`` values: the unit of ``T - t`` in the penalty ``lambda_t (T - t)`` (see ``BEP``).
+PENALTY_TIMES: tuple[str, ...] = ("fraction", "iterations")
+#: the paper's latent functions per layer type (App. G.1): 12 for convolutions, 4 for dense layers.
+PAPER_LATENTS: dict[str, int] = {"conv": 12, "dense": 4}
 
 def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
     if value is None and allow_none:
@@ -38,6 +45,33 @@ class BEP(Pass):
     early). ``step``: iterations between decisions (default ``T // 8``); ``seed_steps``:
     ``T_0`` (default ``step``); ``bucket_width`` (default ``max(measure_every, T_0 // 8)``).
     ``total_steps``: ``T`` for ``prepare`` + your own loop (``fit`` derives it).
+
+    Saliency (App. A, G.1): eq. A1, ``|a . dL/da|`` per sample averaged over a fixed
+    instrumentation subset of ``instrument_samples`` samples (the first ones the data
+    yields, taken once at the start: a random subset with a shuffled loader), measured
+    every ``measure_every`` iterations. The paper measured 3 times per epoch on 40% of the
+    training set (more compute than the training itself); the CPU default, 512 samples
+    every 20 iterations, costs about 0.8 x the training FLOPs at batch 32 (reported as
+    ``instrument_flops``). ``saliency="per_batch"`` measures ``|sum_batch a . dL/da|`` instead.
+
+    Saliency model (Sec. 4.2, 5, G.1): ``num_latents`` latent GPs per group (``None``: the
+    paper's 12 for a group produced by convolutions, 4 for dense layers; capped at the
+    group's units), ``inducing`` variational inducing points per latent (paper: 60),
+    ``gp_iters`` Adam steps of the ELBO (a warm-started refit uses a third),
+    ``samples`` Monte-Carlo samples of ``s_T`` for the utility (paper: 10,000).
+    ``kernel``: each latent's kernel, ``"exponential+constant+drift"`` (default: the paper's
+    exponential kernel plus a constant and a Matern-1/2 drift, so that the predictive
+    variance neither vanishes at large t nor stays flat over the horizon; chosen by held-out
+    coverage on a real trace, ``tools/results/saliency_gp_calibration.md``),
+    ``"exponential+constant"`` or ``"exponential"`` (the paper's alone).
+
+    ``penalty_time``: the unit of ``T - t`` in ``Delta > lambda_t (T - t)`` (Algorithm 2).
+    ``"fraction"`` (default) counts it as a fraction of training, ``(T - t) / T``, which
+    with saliency normalised per group (module doc of ``bep.py``) makes ``lam`` a
+    dimensionless trade-off whose range 1e-2..1e-7 (the paper's Table 3) changes what is
+    kept; ``"iterations"`` is the literal reading, under which lambda is multiplied by
+    thousands of iterations and every lambda of that range cuts to ``B_s`` at once.
+
     ``measure_to_end``: keep measuring saliency until ``T`` after every group reached ``B_s``
     (the later observations of ``fxprune.passes.bep.plots.plot_saliency``; costs the extra passes).
     ``predictor="last"`` (an ablation) decides on the latest bucket of measured saliency
@@ -55,14 +89,18 @@ class BEP(Pass):
     lite_factor: float = 2.0
     step: int | None = None
     seed_steps: int | None = None
-    measure_every: int = 5
+    measure_every: int = 20
     bucket_width: int | None = None
-    instrument_batches: int = 2
-    num_latents: int = 4
-    gp_iters: int = 30
+    instrument_samples: int = 512
+    saliency: str = "per_sample"
+    num_latents: int | None = None
+    inducing: int = 60
+    kernel: str = "exponential+constant+drift"
+    gp_iters: int = 200
     predictor: str = "mogp"
+    penalty_time: str = "fraction"
     measure_to_end: bool = False
-    samples: int = 512
+    samples: int = 10000
     total_steps: int | None = None
     seed: int = 0
     data: Iterable | None = field(default=None, compare=False, repr=False)
@@ -85,12 +123,15 @@ class BEP(Pass):
             raise InputError(f"bep option lite_factor must be >= 1, got {self.lite_factor!r}")
         for name in ("step", "seed_steps", "bucket_width", "total_steps"):
             _positive_int(name, getattr(self, name))
-        for name in ("measure_every", "instrument_batches", "gp_iters", "samples"):
+        for name in ("measure_every", "instrument_samples", "gp_iters", "samples", "inducing"):
             _positive_int(name, getattr(self, name), allow_none=False)
-        if self.predictor not in PREDICTORS:
-            raise InputError(f"bep option predictor must be one of {', '.join(PREDICTORS)}, got {self.predictor!r}")
-        if not isinstance(self.num_latents, int) or self.num_latents < 0:
-            raise InputError(f"bep option num_latents must be an integer >= 0, got {self.num_latents!r}")
+        _positive_int("num_latents", self.num_latents)
+        if self.inducing < 2:
+            raise InputError(f"bep option inducing must be >= 2, got {self.inducing!r}")
+        for name, allowed in (("predictor", PREDICTORS), ("penalty_time", PENALTY_TIMES), ("kernel", KERNELS),
+                              ("saliency", ("per_sample", "per_batch"))):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"bep option {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.train is not None and not isinstance(self.train, (TrainConfig, Mapping)):
             raise InputError(f"train must be a fxprune.TrainConfig or a dict of its fields, got {type(self.train).__name__}")
 

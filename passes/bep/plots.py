@@ -1,8 +1,8 @@
 """Plots of a BEP run (issue #7), from ``BEPPrepared.trace()`` (a JSON-ready dict).
 
-* ``plot_saliency``: the paper's Fig. 3 -- one group's saliency series, a multi-output GP
-  fitted on the series up to the first decision, its predictive mean and 95% band from
-  there to the end of training, and the later observations of the units that survived.
+* ``plot_saliency``: the paper's Fig. 3 -- one group's saliency series, the predictive
+  mean and 95% band that the first decision's multi-output GP forecast from there to the
+  end of training, and the later observations of the units that survived.
 * ``plot_units``: units per group over training, one panel per run.
 
 Needs matplotlib (``pip install "fxprune[plot]"``); without it ``MissingDependency`` says
@@ -17,7 +17,6 @@ import torch
 
 from fxprune.errors import InputError
 from fxprune.atomic import atomic_write
-from .saliency_gp import SaliencyGP
 
 
 class MissingDependency(InputError):
@@ -39,25 +38,30 @@ def _save(fig: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
-def forecast(trace: Mapping[str, Any], group: str, points: int = 24) -> dict[str, torch.Tensor]:
-    """The MOGP of ``group`` fitted on its bucketed series up to the first decision and
-    predicted on ``points`` times from there to ``T``: ``times``, ``values`` (U, buckets),
-    ``seen`` (bool per bucket), ``grid``, ``mean`` and ``std`` (U, points) of a new
-    (noisy) bucket measurement, comparable with the later observations."""
+def forecast(trace: Mapping[str, Any], group: str) -> dict[str, torch.Tensor]:
+    """The forecast of ``group``'s saliency that the first decision's MOGP made (stored by
+    ``BEPPrepared`` in ``trace["forecasts"]``: the model the decision used, not a refit),
+    from its last observed bucket to ``T``: ``times``, ``values`` (U, buckets) over the
+    original units, ``seen`` (bool per bucket), ``grid``, ``mean`` and ``std`` (U, points;
+    NaN for units not alive at the decision) of a new (noisy) bucket measurement,
+    comparable with the later observations."""
     if not trace.get("decisions"):
         raise InputError("the trace holds no BEP decision (nothing was pruned by the saliency model)")
     if group not in trace["groups"]:
         raise InputError(f"group {group!r} has no saliency series; groups: {', '.join(trace['groups'])}")
+    stored = (trace.get("forecasts") or {}).get(group)
+    if not stored or not stored.get("path"):
+        raise InputError(f"group {group!r} has no stored MOGP forecast (predictor='last', or no decision fitted it)")
     times = torch.tensor(trace["groups"][group]["times"], dtype=torch.float64)
     values = torch.tensor(trace["groups"][group]["values"], dtype=torch.float64)
-    t1 = float(trace["decisions"][0])
-    seen = (times <= t1) & torch.isfinite(values).all(0)   # a bucket straddling the decision has NaNs
-    if int(seen.sum()) < 2:
-        raise InputError(f"group {group!r} has fewer than 2 saliency buckets before the first decision")
-    gp = SaliencyGP(times[seen], values[:, seen])
-    gp.fit()
-    grid = torch.linspace(t1, float(trace["T"]), points, dtype=torch.float64)
-    mean, std = gp.predict_path(grid, observation_noise=True)
+    seen = (times <= float(stored["t"])) & torch.isfinite(values).all(0)
+    path = stored["path"]
+    grid = torch.tensor(path["grid"], dtype=torch.float64)
+    mean = torch.full((values.shape[0], len(grid)), float("nan"), dtype=torch.float64)
+    std = mean.clone()
+    units = torch.tensor(stored["units"], dtype=torch.long)
+    mean[units] = torch.tensor(path["mean"], dtype=torch.float64)
+    std[units] = torch.tensor(path["std"], dtype=torch.float64)
     return {"times": times, "values": values, "seen": seen, "grid": grid, "mean": mean, "std": std}
 
 
@@ -65,9 +69,9 @@ def coverage(trace: Mapping[str, Any], group: str) -> tuple[int, int]:
     """``(inside, survivors)``: how many units that survived to the end have their last
     measured bucket inside the 95% band (observation noise included) that the first
     decision's MOGP predicted for ``T``."""
-    f = forecast(trace, group, points=2)
+    f = forecast(trace, group)
     last = f["values"][:, -1]
-    alive = torch.isfinite(last)
+    alive = torch.isfinite(last) & torch.isfinite(f["mean"][:, -1])
     inside = (last - f["mean"][:, -1]).abs() <= 1.96 * f["std"][:, -1]
     return int((inside & alive).sum()), int(alive.sum())
 

@@ -1,4 +1,6 @@
-"""Multi-output GP belief over the saliency curves of one channel group (BEP, Sec. 4.2).
+"""Saliency series helpers of BEP (``bucket``, ``Preprocess``) and ``SaliencyGP``, the earlier
+exact ICM belief, kept as a measured baseline (``tools/bench_saliency_gp.py calibrate``): BEP
+itself now fits the paper's LMC model, ``fxprune.passes.bep.mogp.SaliencyMOGP``.
 
 Bayesian Early Pruning ("Pruning During Training by Network Efficacy Modeling") models
 the saliency ``s_t^a`` of every unit ``a`` of a group, measured at times ``t_1..t_T``,

@@ -195,7 +195,7 @@ def fold_gates(gm: fx.GraphModule, sets: dict[str, ConsumerSet], scales: dict[st
             ext = torch.cat([scales[gid].detach().to(torch.float64), torch.ones(1, dtype=torch.float64)])
             for c in cset.consumers:
                 w = params[c.weight]
-                per_column = ext[torch.as_tensor(np.where(c.units < 0, cset.group.units, c.units))]
+                per_column = ext[torch.as_tensor(np.where(c.units < 0, cset.group.units, c.units))].to(w.device)
                 shape = [1] * w.dim()
                 shape[1] = -1
                 w.copy_((w.double() * per_column.view(shape)).to(w.dtype))

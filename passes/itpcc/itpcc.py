@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from fxprune.modes import restore_modes
 from fxprune.result import GroupReport, Report, Result
 from fxprune.budget import _repair_empty, check_ignore
 from fxprune.consumers import ConsumerSet, group_consumers
@@ -64,6 +65,7 @@ from fxprune.state import state_of
 from fxprune.training import Hook, TrainConfig, train_loop, train_config_from
 from fxprune.validate import validate as onnx_validate
 
+from ..scoring import model_device
 from .control import GammaController, Target, target_threshold
 from .gates import GateSet, fold_gates, insert_gates, scs_sizes
 
@@ -223,7 +225,7 @@ class ITPCCPrepared(Prepared):
         self.gates: dict[str, GateSet] = {
             gid: GateSet(cs.group.units, scs_sizes(cs.group, params), options.init_mu, options.init_log_sigma2,
                          generator=gen) for gid, cs in self.sets.items()}
-        self.module = insert_gates(graph.gm, self.sets, self.gates)
+        self.module = insert_gates(graph.gm, self.sets, self.gates).to(model_device(graph.gm))  # gates where the model is
         self.module.train(was_training)
         self.cost = CostModel.build(graph)
         self.target = options.target()
@@ -250,7 +252,7 @@ class ITPCCPrepared(Prepared):
     @property
     def scs(self) -> dict[str, np.ndarray]:
         """|SCS_s| per unit of every gated group (see ``itpcc_gates.scs_sizes``)."""
-        return {gid: gs.scs.numpy().copy() for gid, gs in self.gates.items()}
+        return {gid: gs.scs.detach().cpu().numpy().copy() for gid, gs in self.gates.items()}
 
     def regularizer(self, num_batches: int | None = None) -> torch.Tensor:
         """``(gamma' / N_b) * sum_s |SCS_s| * log(1 + mu_s^2 / sigma_s^2)`` (eq. 20)."""
@@ -404,7 +406,7 @@ class ITPCCPrepared(Prepared):
             state_of(pruned).validation = onnx_validate(pruned, inputs, rtol=rtol)
             report.seconds["validate"] = time.perf_counter() - start
             report.validation = str(state_of(pruned).validation)
-        pruned.train(self.was_training)
+        restore_modes(pruned, self.user_modes)
         return Result(pruned, plan, report, self.graph, dict(self.source), [tuple(x.shape) for x in inputs])
 
     def details(self, threshold: float, plan: dict[str, list[int]], report: Report) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 import torch
 
+from fxprune.distributed import check_shard, raise_together
 from fxprune.errors import InputError
 
 
@@ -18,18 +19,19 @@ class Batches:
     @classmethod
     def from_data(cls, data: Iterable | None, example_inputs: tuple[torch.Tensor, ...], *, what: str,
                   max_batches: int | None = None, need_targets: bool = False) -> "Batches":
-        """Read ``data`` (batches of inputs, or of ``(inputs, targets)``) and check every shape."""
-        if data is None:
-            raise InputError(f"{what} is needed: pass an iterable of (inputs, targets) batches")
-        out = []
-        for i, batch in enumerate(data):
-            if max_batches is not None and i >= max_batches:
-                break
-            inputs, targets = _split(batch, len(example_inputs))
-            _check_shapes(inputs, example_inputs, what, i)
-            if need_targets and targets is None:
-                raise InputError(f"{what} batch {i} has no targets; this method needs (inputs, targets) batches")
-            out.append((inputs, targets))
+        """Read ``data`` (batches of inputs, or of ``(inputs, targets)``) and check every shape.
+
+        Under ``torch.distributed`` ``data`` is this rank's shard (``max_batches`` per rank):
+        a bad batch or an empty shard on any rank raises on every rank (``DistributedError``
+        on the others), so that no rank waits in a later collective.
+        """
+        out, error = [], None
+        try:
+            out = _read(data, example_inputs, what, max_batches, need_targets)
+        except InputError as exc:
+            error = exc
+        raise_together(error, f"reading {what}")
+        check_shard(sum(b[0][0].shape[0] for b in out), what)
         if not out:
             raise InputError(f"{what} is empty")
         return cls(out)
@@ -47,6 +49,23 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def _read(data: Iterable | None, example_inputs: tuple[torch.Tensor, ...], what: str, max_batches: int | None,
+          need_targets: bool) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
+    """The checked batches of ``data`` (at most ``max_batches``); InputError on a bad one."""
+    if data is None:
+        raise InputError(f"{what} is needed: pass an iterable of (inputs, targets) batches")
+    out = []
+    for i, batch in enumerate(data):
+        if max_batches is not None and i >= max_batches:
+            break
+        inputs, targets = _split(batch, len(example_inputs))
+        _check_shapes(inputs, example_inputs, what, i)
+        if need_targets and targets is None:
+            raise InputError(f"{what} batch {i} has no targets; this method needs (inputs, targets) batches")
+        out.append((inputs, targets))
+    return out
 
 
 def _split(batch: Any, n_inputs: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:

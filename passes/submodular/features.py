@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxprune.consumers import CONVS, Consumer
-from fxprune.errors import InputError
+from fxprune.distributed import all_reduce_sum, all_reduce_sum_many, is_distributed
+from fxprune.errors import DistributedError, InputError
 
 
 @dataclass
@@ -136,12 +137,15 @@ class GroupProblem:
         self.grams = [None] * len(self.layouts)
         self.cross = [None] * len(self.layouts)
         self.yy = [0.0] * len(self.layouts)
+        self._reduced = False
 
     @property
     def block(self) -> int:
         return sum(lay.block for lay in self.layouts)
 
     def add(self, inputs: list[torch.Tensor], targets: list[torch.Tensor] | None = None) -> None:
+        if self._reduced:
+            raise DistributedError("GroupProblem.add after all_reduce: the statistics were already summed over the ranks")
         for i, lay in enumerate(self.layouts):
             b = lay.feature_blocks(inputs[i])  # (N, D, L)
             self.grams[i] = _gram(self.grams[i], b, b)
@@ -153,8 +157,40 @@ class GroupProblem:
             if i == 0:
                 self.rows += b.shape[0] * b.shape[2]
 
+    def all_reduce(self) -> None:
+        """Sum the statistics over the ranks of ``torch.distributed`` (once; a no-op in one process).
+
+        Needs: every rank calls it for the same groups in the same order, after its last ``add``.
+        Guarantees: grams, cross terms, ``yy`` and ``rows`` are those of the union of the
+        ranks' batches (float64 sums, so equal to one process to rounding); ranks with no
+        rows contribute zeros of the right shapes.
+        """
+        if self._reduced or not is_distributed():
+            return
+        dev = next((g.device for g in self.grams if g is not None), torch.device("cpu"))
+        local_cross = torch.tensor([float(any(c is not None for c in self.cross))], dtype=torch.float64)
+        symmetric = float(all_reduce_sum(local_cross)) == 0.0  # agreed even if a rank saw no rows
+        parts = []
+        for i, lay in enumerate(self.layouts):
+            d = lay.columns.numel()
+            parts.append(self.grams[i] if self.grams[i] is not None else torch.zeros(d, d, dtype=torch.float64, device=dev))
+            if not symmetric:
+                m = self.weights[i].shape[1]
+                parts.append(self.cross[i] if self.cross[i] is not None else torch.zeros(d, m, dtype=torch.float64, device=dev))
+        parts.append(torch.tensor([float(y) for y in self.yy] + [float(self.rows)], dtype=torch.float64, device=dev))
+        summed = all_reduce_sum_many(parts)
+        step = 1 if symmetric else 2
+        self.grams = summed[0:-1:step]
+        if not symmetric:
+            self.cross = summed[1:-1:step]
+        self.yy = [float(v) for v in summed[-1][:-1].cpu().tolist()]
+        self.rows = int(summed[-1][-1])
+        self._reduced = True
+
     def gram_data(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(G, C, yy) of the summed objective, unit-major with block ``self.block``."""
+        """(G, C, yy) of the summed objective, unit-major with block ``self.block`` (summed over
+        the ranks of ``torch.distributed``, see ``all_reduce``)."""
+        self.all_reduce()
         if self.rows == 0:
             raise InputError("no calibration data reached the consumers of this group")
         b, u = self.block, self.units

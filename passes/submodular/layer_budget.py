@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from fxprune.distributed import agree
 from fxprune.errors import InputError
 
 __all__ = [
@@ -161,6 +162,9 @@ def select_budgets(curves: Mapping[str, Sequence[tuple[int, float]]], cost: Cost
     """
     cost_of, full = _cost_function(cost, measure)
     budget = full / _check_ratio(target_ratio)
+    agree(repr((sorted((g, list(c)) for g, c in curves.items()), float(original_accuracy))),
+          "the per-layer accuracy curves", "give every rank the same verification data "
+          "(verification accuracy is not summed over the ranks)")
     envs = {gid: _full_envelope(gid, c, cost, original_accuracy, envelope) for gid, c in curves.items()}
 
     smallest = {gid: env[0][0] for gid, env in envs.items()}

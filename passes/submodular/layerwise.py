@@ -32,6 +32,8 @@ zeroed, so ``mask == rewrite`` still holds); the input GraphModule is unchanged.
 """
 from __future__ import annotations
 
+import json
+
 import math
 import time
 from contextlib import contextmanager
@@ -43,16 +45,18 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from fxprune.distributed import agree, all_reduce_sum
 from fxprune.budget import Budget, _global_counts, _keep_count, _repair_empty, selectable_groups
 from .calibration import Batches
 from fxprune.consumers import ConsumerSet, group_consumers
 from fxprune.errors import InputError, PlanError
 from .features import ConsumerLayout, GroupProblem
 from fxprune.graph import ChannelGraph, Group
-from fxprune.mask import _zero_removed_produce, mask
+from fxprune.mask import mask
 from fxprune.pipeline import Pass, require_state
 from fxprune.plan import check_plan
 from fxprune.rewrite import _copy_graph_module
+from fxprune.passes.scoring import model_device, to_device
 from fxprune.state import State
 
 MEASURES = ("params", "macs")
@@ -118,8 +122,13 @@ class LayerwisePass(Pass):
         for g in ctx.groups:
             kept = self.order(ctx, g, counts[g.id])[:counts[g.id]]
             ctx.apply(g, kept, ctx.layerwise_problem(g) if self.reweight else None)
+            self.adjust_readers(ctx, ctx.work, g, kept)
             plan[g.id] = sorted(kept)
         return plan
+
+    def adjust_readers(self, ctx: "LayerwiseContext", model: fx.GraphModule, group: Group, kept: list[int]) -> None:
+        """Change the weights reading ``group`` in ``model`` once it keeps ``kept`` (default: nothing;
+        LayerGreedyFS rescales them). Applied to the pruned model and to the per-layer accuracy curves."""
 
     # --- the pass -----------------------------------------------------------------------
     def run(self, gm: fx.GraphModule) -> fx.GraphModule:
@@ -136,7 +145,7 @@ class LayerwisePass(Pass):
             counts = self._counts(ctx)
         plan = self.prune(ctx, counts)
         for g in (g for g in ctx.groups if g.id in plan):  # a later group's reweighting may rewrite zeroed rows
-            _zero_removed_produce(ctx.work, g, plan[g.id])
+            zero_removed_produce(ctx.work, g, plan[g.id])
         repaired = check_plan(ctx.graph, _repair_empty(ctx.graph, {k: list(v) for k, v in plan.items()},
                                                        _rank_scores(plan, ctx.groups)))
         if repaired != plan:  # a unit added back so that no tensor is emptied: its weights stay zero
@@ -144,6 +153,7 @@ class LayerwisePass(Pass):
                              + ", ".join(g for g in repaired if repaired[g] != plan.get(g)))
         out = ctx.work
         out.meta["fxprune"] = state
+        agree(json.dumps(repaired, sort_keys=True, default=int), f"the plan of {self.name}")  # under torchrun
         state.plan = repaired
         state.notes.extend(ctx.notes)
         for phase, seconds in ctx.seconds.items():
@@ -315,26 +325,28 @@ class LayerwiseContext:
             w = weights if weights is not None else least_squares_weights(G, C, list(kept), problem.block)
             work_problem = GroupProblem(self.layouts(group, self.work), group.units)
             work_problem.write(list(kept), w)
-        _zero_removed_produce(self.work, group, list(kept))
+        zero_removed_produce(self.work, group, list(kept))
 
     # --- evaluation ---------------------------------------------------------------------
     def accuracy(self, model: torch.nn.Module) -> float:
         correct = total = 0
         was = model.training
         model.eval()
+        device = model_device(model)
         with torch.no_grad():
             for inputs, targets in self.verification:
-                out = model(*inputs)
-                correct += int((out.argmax(-1) == targets).sum())
+                out = model(*to_device(inputs, device))
+                correct += int((out.argmax(-1) == targets.to(out.device)).sum())
                 total += int(targets.numel())
         model.train(was)
+        correct, total = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64)).tolist()  # torchrun
         return correct / max(total, 1)
 
     def prune_one_and_evaluate(self, group: Group, k: int) -> float:
         """Verification accuracy with only ``group`` pruned to ``k`` units (reweighted if asked)."""
         kept = self.method.order(self, group, k)[:k]
         # every tensor of the group gated (the per-layer accuracy curve does not need folded constants)
-        masked = mask(self.original, self.graph, {group.id: kept}, compensate=False)
+        masked = mask(self.original, self.graph, {group.id: kept}, compensate=False).to(model_device(self.original))
         if self.method.reweight:
             from .greedy import least_squares_weights
 
@@ -342,7 +354,22 @@ class LayerwiseContext:
             G, C, _ = problem.gram_data()
             w = least_squares_weights(G, C, list(kept), problem.block)
             GroupProblem(self.layouts(group, masked), group.units).write(list(kept), w)
+        self.method.adjust_readers(self, masked, group, list(kept))
         return self.accuracy(masked)
+
+
+def zero_removed_produce(gm: fx.GraphModule, group: Group, kept: list[int]) -> None:
+    """Zero the produce slices of ``group``'s units not in ``kept`` in ``gm``, in place, on the
+    tensors' own device (fxprune.mask's helper indexes with CPU indices)."""
+    removed = sorted(set(range(group.units)) - set(kept))
+    if not removed:
+        return
+    tensors = dict(gm.named_parameters(remove_duplicate=False)) | dict(gm.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for s in group.slices(removed):
+            t = tensors.get(s.name)
+            if s.role == "produce" and t is not None:
+                t.index_fill_(s.dim, s.index.to(t.device), 0.0)
 
 
 def consumer_inputs(model: fx.GraphModule, modules: list[str], batches: Batches):
@@ -352,11 +379,12 @@ def consumer_inputs(model: fx.GraphModule, modules: list[str], batches: Batches)
         lambda m, args, name=name: seen.__setitem__(name, args[0].detach().clone())) for name in dict.fromkeys(modules)]
     was = model.training
     model.eval()
+    device = model_device(model)
     try:
         with torch.no_grad():
             for inputs in batches.inputs:
                 seen.clear()
-                model(*inputs)
+                model(*to_device(inputs, device))
                 yield dict(seen)
     finally:
         for h in handles:

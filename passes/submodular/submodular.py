@@ -28,12 +28,16 @@ images). Guarantees: ``state.plan``; the returned model carries the new weights.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from fxprune.distributed import broadcast_bytes, broadcast_tensor, check_consistent, is_distributed, is_main
 from fxprune.errors import InputError
 from .greedy import Selection, gram_selection, least_squares_weights, reweighted_selection
 from .layerwise import LayerwiseContext, LayerwisePass, collect_inputs
@@ -65,10 +69,19 @@ class Submodular(LayerwisePass):
         if not isinstance(self.epsilon, (int, float)) or not 0.0 <= self.epsilon < 1.0:
             raise InputError(f"epsilon must be in [0, 1), got {self.epsilon!r}")
 
+    def run(self, gm):
+        """The layer-wise pass; under ``torch.distributed`` first checks that every rank holds the
+        same model and options (``DistributedError`` on every rank otherwise)."""
+        check_consistent(gm, self, self.name)
+        return super().run(gm)
+
     def _select(self, problem: GroupProblem, k: int) -> Selection:
+        """Greedy on the (rank-summed) Grams; under ``torch.distributed`` rank 0's selection is
+        broadcast, so every rank keeps and writes exactly the same units and weights."""
         G, C, yy = problem.gram_data()
         generator = torch.Generator(device=G.device).manual_seed(self.seed) if self.epsilon > 0 else None
-        return gram_selection(G, C, yy, k, block=problem.block, epsilon=self.epsilon, generator=generator)
+        sel = gram_selection(G, C, yy, k, block=problem.block, epsilon=self.epsilon, generator=generator)
+        return broadcast_selection(sel)
 
     def order(self, ctx: LayerwiseContext, group, k: int) -> list[int]:
         """Greedy order on the unpruned model (the full order is cached when it is deterministic)."""
@@ -85,8 +98,10 @@ class Submodular(LayerwisePass):
     def prune(self, ctx: LayerwiseContext, counts: dict[str, int]) -> dict[str, list[int]]:
         if self.variant == "layer":
             plan = {}
-            for g in ctx.groups:
+            for g in _bar(ctx.groups, self, "submodular (layer)"):
                 problem = ctx.layerwise_problem(g)
+                with ctx.timed("all-reduce"):  # a no-op in one process; waits for the slowest rank
+                    problem.all_reduce()
                 with ctx.timed("greedy"):
                     sel = self._select(problem, counts[g.id])
                 with ctx.timed("reweight"):
@@ -94,6 +109,21 @@ class Submodular(LayerwisePass):
                 plan[g.id] = sorted(sel.kept)
             return plan
         return SequentialRun(self, ctx).prune(counts)
+
+
+def _bar(groups: list, method: Submodular, desc: str):
+    """A tqdm bar over ``groups`` (features, Grams, greedy and reweighting of each), on rank 0 only."""
+    return tqdm(groups, desc=desc, unit="group", leave=False, disable=not (method.progress and is_main()))
+
+
+def broadcast_selection(sel: Selection) -> Selection:
+    """Rank 0's kept units and least-squares weights on every rank (``sel`` in one process)."""
+    if not is_distributed():
+        return sel
+    kept = json.loads(broadcast_bytes(json.dumps([int(u) for u in sel.kept]).encode()))
+    rows = len(kept) * (sel.weights.shape[0] // max(len(sel.kept), 1))
+    weights = sel.weights if len(kept) == len(sel.kept) else sel.weights.new_zeros(rows, sel.weights.shape[1])
+    return dataclasses.replace(sel, kept=kept, weights=broadcast_tensor(weights))
 
 
 class SequentialRun:
@@ -111,8 +141,10 @@ class SequentialRun:
     def prune(self, counts: dict[str, int]) -> dict[str, list[int]]:
         ctx, plan = self.ctx, {}
         first = {g.id: min(self.position[c.node] for c in ctx.consumers[g.id].consumers) for g in ctx.groups}
-        for g in sorted(ctx.groups, key=lambda g: first[g.id]):
+        for g in _bar(sorted(ctx.groups, key=lambda g: first[g.id]), self.method, f"submodular ({self.method.variant})"):
             problem = self._problem(g)
+            with ctx.timed("all-reduce"):  # a no-op in one process; waits for the slowest rank
+                problem.all_reduce()
             with ctx.timed("greedy"):
                 sel = self.method._select(problem, counts[g.id])
             with ctx.timed("reweight"):
