@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fxprune.distributed import all_reduce_scores
 from fxprune.errors import InputError
 from fxprune.mask import gate_key, mask
 from fxprune.passes.scoring import ScorePass, model_device, to_device, to_numpy
@@ -52,6 +53,7 @@ def grasp_scores(gm, graph, groups, data, loss_fn=None, max_batches=None, progre
             if h is not None:
                 totals[g.id] += to_numpy(gate.detach() * h)
         seen += 1
+    totals = all_reduce_scores(totals, seen, "grasp's data")  # under torchrun: summed over the ranks' shards
     if not seen:
         raise InputError("grasp: data yielded no batches")
     return totals

@@ -18,6 +18,7 @@ import numpy as np
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fxprune.distributed import all_reduce_scores
 from fxprune.errors import InputError
 from fxprune.mask import gate_key, mask
 from fxprune.passes.scoring import ScorePass, model_device, to_device
@@ -44,6 +45,7 @@ def snip_scores(gm, graph, groups, data, loss_fn=None, max_batches=None, progres
         for g in groups:
             totals[g.id] += np.abs(_unit_gradient(g, gates[gate_key(g.id)], params))
         seen += 1
+    totals = all_reduce_scores(totals, seen, "snip's data")  # under torchrun: summed over the ranks' shards
     if not seen:
         raise InputError("snip: data yielded no batches")
     return totals

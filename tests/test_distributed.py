@@ -62,6 +62,8 @@ CASES = {  # name -> (method, options)
     "submodular-asym": ("submodular", {"variant": "asym"}),
     "submodular-layer": ("submodular", {"variant": "layer"}),
     "taylor": ("taylor", {}),
+    "snip": ("snip", {}),
+    "grasp": ("grasp", {}),
 }
 
 
