@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from .graph import ChannelGraph, Group
 from .plan import check_plan
+from .tensors import module_device
 from .rewrite import _copy_graph_module, adopt_weights
 from .state import attach_state, state_of
 
@@ -66,7 +67,7 @@ def mask(model_or_gm: nn.Module, graph: ChannelGraph, plan: Mapping[str, Sequenc
     if weights is not None:
         gm.load_state_dict(weights)
     nodes = {n.name: n for n in gm.graph.nodes}
-    device = _device_of(gm)
+    device = module_device(gm)
     gates = nn.ModuleDict()
     for gid, kept in plan.items():
         group = graph.group(gid)
@@ -106,12 +107,6 @@ def _gated_spaces(graph: ChannelGraph, group: Group, learnable: bool, compensate
 def gate_key(gid: str) -> str:
     """Name of a group's gate in ``gm.fxprune_gates``."""
     return gid.replace(".", "_").replace("#", "_")
-
-
-def _device_of(gm: nn.Module) -> torch.device:
-    """Where ``gm``'s tensors live (the CPU for a module without any)."""
-    tensor = next(iter([*gm.parameters(), *gm.buffers()]), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _zero_removed_produce(gm: fx.GraphModule, group: Group, kept: Sequence[int]) -> None:

@@ -13,6 +13,15 @@ import torch
 from torch import fx, nn
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU for a module without tensors."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def set_tensor(owner: nn.Module, attr: str, old: torch.Tensor, new: torch.Tensor,
                share: bool = False) -> torch.Tensor:
     """Put ``new`` on ``owner`` (wrapped as a Parameter where ``old`` was one, unless ``share``)."""

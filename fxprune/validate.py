@@ -36,6 +36,7 @@ import torch
 from .atomic import atomic_write, check_output_path
 from .errors import InputError, NonFiniteOutputError, ValidationError
 from .onnx_export import EXPORTERS, Exported, ExportSpec, describe, export, io_names
+from .tensors import module_device
 from .report import _as_tuple, eval_mode
 
 __all__ = ["NonFiniteOutputError", "ValidationReport", "batch_variant", "non_finite", "ort_latency",
@@ -173,22 +174,13 @@ def batch_variant(args: tuple, positions: Sequence[int], size: int, seed: int = 
     return tuple(out)
 
 
-def _module_device(module: torch.nn.Module) -> torch.device:
-    """The device of ``module``'s first parameter or buffer (CPU without any)."""
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _on_device(args: tuple, device: torch.device) -> tuple:
     return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _on_cpu(module: torch.nn.Module, cases: list[_Case]) -> tuple[torch.nn.Module, list[_Case]]:
     """``module`` and the cases' inputs on the CPU (a copy when the module is elsewhere; never moved in place)."""
-    if _module_device(module).type == "cpu":
+    if module_device(module).type == "cpu":
         return module, cases
     try:
         cpu_module = copy.deepcopy(module).cpu()
@@ -344,7 +336,7 @@ def validate(
     ``ok=False``), and when neither exporter works or onnxruntime cannot load/run the
     model. ``keep_onnx`` keeps the model bytes.
     """
-    args = _on_device(_as_tuple(example_inputs), _module_device(gm))  # torch runs where the model is
+    args = _on_device(_as_tuple(example_inputs), module_device(gm))  # torch runs where the model is
     try:
         first = _Case(args, _reference(gm, args))
     except Exception as exc:  # noqa: BLE001 - any failure of the model itself

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from fxprune.tensors import module_device
 from fxprune.budget import Budget, select, selectable_groups
 from fxprune.distributed import agree
 from fxprune.errors import PlanError
@@ -80,13 +81,7 @@ def reduce_except(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # --- devices ------------------------------------------------------------------------------
-def model_device(module: torch.nn.Module) -> torch.device:
-    """The device of ``module``'s first parameter (or buffer); CPU for a module without tensors."""
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
+model_device = module_device  # the methods' name for it
 
 
 def to_device(obj, device: torch.device):
